@@ -1,8 +1,19 @@
 //! stopfuzz: a fuzzing and fault-injection harness for virtio devices that are stopped,
 //! resumed, migrated, reset, or made to retry failed I/O.
 //!
-//! This crate holds the device under test, [`device::BlkDevice`], and the disk behind it,
-//! [`backend::MemDisk`].
+//! Bytes decode to a [`program::Program`]; the [`engine`] runs it with the guest
+//! [`driver`] against a device under test ([`dut`]), and the [`oracle`] checks every step
+//! against the [`model`]. [`targets`] are the entry points the fuzzers call.
 
 pub mod backend;
 pub mod device;
+pub mod driver;
+pub mod dut;
+pub mod engine;
+pub mod explore;
+pub mod memory;
+pub mod model;
+pub mod oracle;
+pub mod program;
+pub mod targets;
+pub mod trace;

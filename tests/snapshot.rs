@@ -5,7 +5,7 @@ mod fixture;
 use fixture::*;
 use stopfuzz::device::bits::*;
 use stopfuzz::device::{
-    BlkDevice, DeviceConfig, ErrorPolicy, InflightPolicy, RestoreError, SaveError,
+    BlkDevice, DeviceConfig, ErrorPolicy, InflightPolicy, RestoreError, SaveError, Snapshot,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -188,15 +188,24 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
         ("ready flag", Box::new(|b| b[QUEUE0 + 2] = 3), |e| {
             matches!(e, RestoreError::Flag(3))
         }),
-        ("num_queues", Box::new(|b| put16(b, 5, 1)), |e| {
-            matches!(
-                e,
-                RestoreError::ConfigMismatch {
-                    field: "num_queues",
-                    ..
-                }
-            )
-        }),
+        (
+            "num_queues",
+            Box::new(|b| {
+                let mut s = Snapshot::decode(b).unwrap();
+                s.num_queues = 1;
+                s.queues.truncate(1);
+                *b = s.encode();
+            }),
+            |e| {
+                matches!(
+                    e,
+                    RestoreError::ConfigMismatch {
+                        field: "num_queues",
+                        ..
+                    }
+                )
+            },
+        ),
         ("capacity", Box::new(|b| b[9] = 1), |e| {
             matches!(
                 e,

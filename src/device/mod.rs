@@ -25,7 +25,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 use crate::backend::{Backend, Completion, Io, IoError, IoTag};
 use bits::*;
 use request::{BlkRequest, Desc, Kind, Limits, Parsed};
-pub use snapshot::{RestoreError, SaveError};
+pub use snapshot::{RestoreError, SaveError, SavedRequest, Snapshot};
 
 /// Most queues a device can have (`num_queues`).
 pub const MAX_QUEUES: u16 = 4;

@@ -23,7 +23,7 @@ use vm_memory::GuestMemory;
 
 use super::bits::*;
 use super::request::{BlkRequest, Kind, MAX_SEGMENTS, Segment};
-use super::{BlkDevice, DeviceConfig, Record, StopState, VirtQueue};
+use super::{BlkDevice, MAX_QUEUE_SIZE, MAX_QUEUES, Record, StopState, VirtQueue};
 
 const MAGIC: &[u8; 4] = b"SFBK";
 const VERSION: u8 = 1;
@@ -115,18 +115,37 @@ pub enum RestoreError {
     RecordRequest { queue: u16, head: u16 },
 }
 
-/// A decoded snapshot, not yet checked against anything.
-struct Saved {
-    status: u8,
-    driver_features: u64,
-    driver_stop: u8,
-    queues: Vec<QueueState>,
-    records: Vec<(u16, u16, BlkRequest)>,
+/// A held request as saved: its queue, its head and how to run it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedRequest {
+    pub queue: u16,
+    pub head: u16,
+    pub req: BlkRequest,
+}
+
+/// A snapshot in decoded form: plain, untrusted data. [`Snapshot::decode`] checks only the
+/// encoding; [`BlkDevice::restore`] checks everything else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub num_queues: u16,
+    pub queue_max_size: u16,
+    pub capacity: u64,
+    pub status: u8,
+    pub driver_features: u64,
+    /// 0, or the stop bit (SUSPEND or DEVICE_STOPPED) the driver holds the device with.
+    pub driver_stop: u8,
+    pub queues: Vec<QueueState>,
+    pub requests: Vec<SavedRequest>,
 }
 
 impl BlkDevice {
     /// Saves a stopped device. Held requests are saved by queue and head, in fetch order.
     pub fn save(&self) -> Result<Vec<u8>, SaveError> {
+        self.snapshot().map(|s| s.encode())
+    }
+
+    /// The device's state as a [`Snapshot`], under the same conditions as [`Self::save`].
+    pub fn snapshot(&self) -> Result<Snapshot, SaveError> {
         if self.status & (S_NEEDS_RESET | S_FAILED) != 0 {
             return Err(SaveError::Broken);
         }
@@ -137,43 +156,27 @@ impl BlkDevice {
         if self.live() && !stopped {
             return Err(SaveError::Running);
         }
-        let mut out = Vec::with_capacity(64 + 40 * self.queues.len());
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        put16(&mut out, self.cfg.num_queues);
-        put16(&mut out, self.cfg.queue_max_size);
-        put64(&mut out, self.cfg.capacity);
-        out.push(self.status);
-        put64(&mut out, self.driver_features);
-        out.push(match self.driver_stop {
-            StopState::Stopped => self.driver_stop_bit,
-            _ => 0,
-        });
-        for vq in &self.queues {
-            let s = vq.queue.state();
-            put16(&mut out, s.size);
-            out.push(s.ready.into());
-            put64(&mut out, s.desc_table);
-            put64(&mut out, s.avail_ring);
-            put64(&mut out, s.used_ring);
-            put16(&mut out, s.next_avail);
-            put16(&mut out, s.next_used);
-            out.push(s.event_idx_enabled.into());
-        }
-        put16(&mut out, self.records.len() as u16);
-        for r in self.records.values() {
-            put16(&mut out, r.queue);
-            put16(&mut out, r.head);
-            out.extend_from_slice(&r.req.kind.blk_type().to_le_bytes());
-            put64(&mut out, r.req.sector);
-            put64(&mut out, r.req.status);
-            put16(&mut out, r.req.data.len() as u16);
-            for s in &r.req.data {
-                put64(&mut out, s.addr);
-                out.extend_from_slice(&s.len.to_le_bytes());
-            }
-        }
-        Ok(out)
+        Ok(Snapshot {
+            num_queues: self.cfg.num_queues,
+            queue_max_size: self.cfg.queue_max_size,
+            capacity: self.cfg.capacity,
+            status: self.status,
+            driver_features: self.driver_features,
+            driver_stop: match self.driver_stop {
+                StopState::Stopped => self.driver_stop_bit,
+                _ => 0,
+            },
+            queues: self.queues.iter().map(|vq| vq.queue.state()).collect(),
+            requests: self
+                .records
+                .values()
+                .map(|r| SavedRequest {
+                    queue: r.queue,
+                    head: r.head,
+                    req: r.req.clone(),
+                })
+                .collect(),
+        })
     }
 
     /// Restores a snapshot into this freshly built device over the source's guest memory.
@@ -186,12 +189,30 @@ impl BlkDevice {
         if !fresh {
             return Err(RestoreError::NotFresh);
         }
-        let saved = decode(bytes, &self.cfg)?;
+        let saved = Snapshot::decode(bytes)?;
+        let cfg = &self.cfg;
+        for (field, saved, ours) in [
+            ("num_queues", saved.num_queues.into(), cfg.num_queues.into()),
+            (
+                "queue_max_size",
+                saved.queue_max_size.into(),
+                cfg.queue_max_size.into(),
+            ),
+            ("capacity", saved.capacity, cfg.capacity),
+        ] {
+            if saved != ours {
+                return Err(RestoreError::ConfigMismatch { field, saved, ours });
+            }
+        }
         *self = self.validated(saved, mem)?;
         Ok(())
     }
 
-    fn validated<M: GuestMemory>(&self, saved: Saved, mem: &M) -> Result<BlkDevice, RestoreError> {
+    fn validated<M: GuestMemory>(
+        &self,
+        saved: Snapshot,
+        mem: &M,
+    ) -> Result<BlkDevice, RestoreError> {
         let cfg = &self.cfg;
         if saved.driver_features & !cfg.features != 0 {
             return Err(RestoreError::Features(saved.driver_features));
@@ -235,7 +256,15 @@ impl BlkDevice {
         }
 
         let mut heads = BTreeSet::new();
-        for (seq, (q, head, req)) in saved.records.into_iter().enumerate() {
+        for (
+            seq,
+            SavedRequest {
+                queue: q,
+                head,
+                req,
+            },
+        ) in saved.requests.into_iter().enumerate()
+        {
             let Some(vq) = device.queues.get(usize::from(q)) else {
                 let num_queues = cfg.num_queues;
                 return Err(RestoreError::RecordQueue {
@@ -332,85 +361,119 @@ fn check_ring<M: GuestMemory>(
     Ok(())
 }
 
-/// Decodes a snapshot meant for a device built with `cfg`.
-fn decode(bytes: &[u8], cfg: &DeviceConfig) -> Result<Saved, RestoreError> {
-    let mut r = Reader(bytes);
-    if r.take::<4>()? != *MAGIC {
-        return Err(RestoreError::BadMagic);
-    }
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(RestoreError::Version(version));
-    }
-    let (num_queues, queue_max_size, capacity) = (r.u16()?, r.u16()?, r.u64()?);
-    for (field, saved, ours) in [
-        ("num_queues", num_queues.into(), cfg.num_queues.into()),
-        (
-            "queue_max_size",
-            queue_max_size.into(),
-            cfg.queue_max_size.into(),
-        ),
-        ("capacity", capacity, cfg.capacity),
-    ] {
-        if saved != ours {
-            return Err(RestoreError::ConfigMismatch { field, saved, ours });
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 32 * self.queues.len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        put16(&mut out, self.num_queues);
+        put16(&mut out, self.queue_max_size);
+        put64(&mut out, self.capacity);
+        out.push(self.status);
+        put64(&mut out, self.driver_features);
+        out.push(self.driver_stop);
+        for s in &self.queues {
+            put16(&mut out, s.size);
+            out.push(s.ready.into());
+            put64(&mut out, s.desc_table);
+            put64(&mut out, s.avail_ring);
+            put64(&mut out, s.used_ring);
+            put16(&mut out, s.next_avail);
+            put16(&mut out, s.next_used);
+            out.push(s.event_idx_enabled.into());
         }
-    }
-    let status = r.u8()?;
-    let driver_features = r.u64()?;
-    let driver_stop = r.u8()?;
-    let mut queues = Vec::with_capacity(num_queues.into());
-    for _ in 0..num_queues {
-        queues.push(QueueState {
-            max_size: queue_max_size,
-            size: r.u16()?,
-            ready: r.flag()?,
-            desc_table: r.u64()?,
-            avail_ring: r.u64()?,
-            used_ring: r.u64()?,
-            next_avail: r.u16()?,
-            next_used: r.u16()?,
-            event_idx_enabled: r.flag()?,
-        });
-    }
-    let count = r.u16()?;
-    if count > cfg.num_queues * cfg.queue_max_size {
-        return Err(RestoreError::TooManyRecords(count));
-    }
-    let mut records = Vec::with_capacity(count.into());
-    for _ in 0..count {
-        let (queue, head) = (r.u16()?, r.u16()?);
-        let blk_type = u32::from_le_bytes(r.take()?);
-        let kind = Kind::from_blk_type(blk_type).ok_or(RestoreError::RecordType(blk_type))?;
-        let (sector, status) = (r.u64()?, r.u64()?);
-        let nsegs = r.u16()?;
-        if usize::from(nsegs) > MAX_SEGMENTS {
-            return Err(RestoreError::RecordSegments(nsegs));
+        put16(&mut out, self.requests.len() as u16);
+        for r in &self.requests {
+            put16(&mut out, r.queue);
+            put16(&mut out, r.head);
+            out.extend_from_slice(&r.req.kind.blk_type().to_le_bytes());
+            put64(&mut out, r.req.sector);
+            put64(&mut out, r.req.status);
+            put16(&mut out, r.req.data.len() as u16);
+            for seg in &r.req.data {
+                put64(&mut out, seg.addr);
+                out.extend_from_slice(&seg.len.to_le_bytes());
+            }
         }
-        let mut data = Vec::with_capacity(nsegs.into());
-        for _ in 0..nsegs {
-            let addr = r.u64()?;
-            let len = u32::from_le_bytes(r.take()?);
-            data.push(Segment { addr, len });
+        out
+    }
+
+    /// Decodes the encoding only: any bytes give a snapshot or an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, RestoreError> {
+        let mut r = Reader(bytes);
+        if r.take::<4>()? != *MAGIC {
+            return Err(RestoreError::BadMagic);
         }
-        let req = BlkRequest {
-            kind,
-            sector,
-            data,
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(RestoreError::Version(version));
+        }
+        let (num_queues, queue_max_size, capacity) = (r.u16()?, r.u16()?, r.u64()?);
+        if num_queues > MAX_QUEUES {
+            let (saved, ours) = (num_queues.into(), MAX_QUEUES.into());
+            return Err(RestoreError::ConfigMismatch {
+                field: "num_queues",
+                saved,
+                ours,
+            });
+        }
+        let (status, driver_features, driver_stop) = (r.u8()?, r.u64()?, r.u8()?);
+        let mut queues = Vec::with_capacity(num_queues.into());
+        for _ in 0..num_queues {
+            queues.push(QueueState {
+                max_size: queue_max_size,
+                size: r.u16()?,
+                ready: r.flag()?,
+                desc_table: r.u64()?,
+                avail_ring: r.u64()?,
+                used_ring: r.u64()?,
+                next_avail: r.u16()?,
+                next_used: r.u16()?,
+                event_idx_enabled: r.flag()?,
+            });
+        }
+        let count = r.u16()?;
+        if count > num_queues * queue_max_size.min(MAX_QUEUE_SIZE) {
+            return Err(RestoreError::TooManyRecords(count));
+        }
+        let mut requests = Vec::with_capacity(count.into());
+        for _ in 0..count {
+            let (queue, head) = (r.u16()?, r.u16()?);
+            let blk_type = u32::from_le_bytes(r.take()?);
+            let kind = Kind::from_blk_type(blk_type).ok_or(RestoreError::RecordType(blk_type))?;
+            let (sector, status) = (r.u64()?, r.u64()?);
+            let nsegs = r.u16()?;
+            if usize::from(nsegs) > MAX_SEGMENTS {
+                return Err(RestoreError::RecordSegments(nsegs));
+            }
+            let mut data = Vec::with_capacity(nsegs.into());
+            for _ in 0..nsegs {
+                let addr = r.u64()?;
+                let len = u32::from_le_bytes(r.take()?);
+                data.push(Segment { addr, len });
+            }
+            let req = BlkRequest {
+                kind,
+                sector,
+                data,
+                status,
+            };
+            requests.push(SavedRequest { queue, head, req });
+        }
+        if !r.0.is_empty() {
+            return Err(RestoreError::TrailingBytes(r.0.len()));
+        }
+        Ok(Snapshot {
+            num_queues,
+            queue_max_size,
+            capacity,
             status,
-        };
-        records.push((queue, head, req));
+            driver_features,
+            driver_stop,
+            queues,
+            requests,
+        })
     }
-    if !r.0.is_empty() {
-        return Err(RestoreError::TrailingBytes(r.0.len()));
-    }
-    Ok(Saved {
-        status,
-        driver_features,
-        driver_stop,
-        queues,
-        records,
-    })
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -1,0 +1,63 @@
+//! Where the driver puts things in guest memory. Every structure has pages of its own, so a
+//! device write can be attributed to exactly one ring or one request.
+//!
+//! ```text
+//! 0x0001_0000 + q * 0x4000   queue q: descriptor table, avail ring (+0x1000), used ring (+0x2000)
+//! 0x0002_0000 + slot * 0x2000  request slot (q * 256 + head): control page, then data page
+//!   control page: header at +0, indirect table at +0x100, status byte at +0xfff
+//! ```
+
+/// Guest memory size: rings for 4 queues and a slot for every (queue, head).
+pub const MEM_SIZE: usize = SLOT_BASE as usize + 4 * 256 * SLOT_SIZE as usize;
+const RING_BASE: u64 = 0x1_0000;
+const RING_STRIDE: u64 = 0x4000;
+const SLOT_BASE: u64 = 0x2_0000;
+const SLOT_SIZE: u64 = 0x2000;
+
+pub fn ring_base(q: u16) -> u64 {
+    RING_BASE + u64::from(q) * RING_STRIDE
+}
+
+/// The address range of queue `q`'s rings.
+pub fn ring_pages(q: u16) -> std::ops::Range<u64> {
+    ring_base(q)..ring_base(q) + 0x3000
+}
+
+/// All request buffers.
+pub fn slot_area() -> std::ops::Range<u64> {
+    SLOT_BASE..MEM_SIZE as u64
+}
+
+/// A request's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub header: u64,
+    pub table: u64,
+    pub status: u64,
+    pub data: u64,
+}
+
+impl Slot {
+    pub fn of(q: u16, head: u16) -> Slot {
+        let base = SLOT_BASE + (u64::from(q) * 256 + u64::from(head)) * SLOT_SIZE;
+        Slot {
+            header: base,
+            table: base + 0x100,
+            status: base + 0xfff,
+            data: base + 0x1000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structures_do_not_overlap() {
+        assert!(ring_pages(3).end <= SLOT_BASE);
+        let last = Slot::of(3, 255);
+        assert!(last.data + 0x1000 <= MEM_SIZE as u64);
+        assert_eq!(MEM_SIZE % 4096, 0);
+    }
+}

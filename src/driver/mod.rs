@@ -1,0 +1,401 @@
+//! The guest: lays out split rings and request buffers in guest memory, builds virtio-blk
+//! requests, publishes and kicks, and reads the used ring.
+//!
+//! It is the independent side of the contract, so it shares no code with the device: the
+//! ring arithmetic, the descriptor format and the notification rules are written here again
+//! from the spec. It writes guest memory only through `Bytes`, so the write log sees it.
+
+pub mod layout;
+
+use std::collections::BTreeMap;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::device::bits::*;
+use crate::program::{ReqType, Shape};
+use layout::{Slot, ring_base};
+
+/// What a driver-built request looks like in guest memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Built {
+    pub head: u16,
+    /// The avail ring position it was written at.
+    pub avail_pos: u16,
+    /// The device-writable buffers of the chain: (address, length).
+    pub writable: Vec<(u64, u32)>,
+    pub data_addr: u64,
+    pub data_len: u32,
+    pub status_addr: u64,
+}
+
+/// One used-ring entry as the driver reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsedElem {
+    pub pos: u16,
+    pub id: u32,
+    pub len: u32,
+}
+
+/// The driver's view of one queue.
+#[derive(Clone, Debug)]
+pub struct DriverQueue {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    /// The next avail position to write.
+    pub avail_shadow: u16,
+    /// The avail idx last written to guest memory.
+    pub published: u16,
+    /// `published` when the driver last decided whether to kick.
+    pub kicked_at: u16,
+    /// Used entries read so far.
+    pub observed: u16,
+    /// Heads read from the used ring but not yet reaped.
+    pending_reap: Vec<u16>,
+    /// Free descriptors; the most recently freed is used first, as in Linux.
+    free: Vec<u16>,
+    /// Descriptors of each outstanding chain, by head.
+    chains: BTreeMap<u16, Vec<u16>>,
+}
+
+impl DriverQueue {
+    fn new(q: u16, size: u16, start: u16) -> Self {
+        let base = ring_base(q);
+        DriverQueue {
+            size,
+            desc: base,
+            avail: base + 0x1000,
+            used: base + 0x2000,
+            avail_shadow: start,
+            published: start,
+            kicked_at: start,
+            observed: start,
+            pending_reap: Vec::new(),
+            free: (0..size).rev().collect(),
+            chains: BTreeMap::new(),
+        }
+    }
+
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Whether `head` names an outstanding chain.
+    pub fn is_outstanding(&self, head: u16) -> bool {
+        self.chains.contains_key(&head)
+    }
+
+    fn used_event_addr(&self) -> u64 {
+        self.avail + 4 + 2 * u64::from(self.size)
+    }
+
+    fn avail_event_addr(&self) -> u64 {
+        self.used + 4 + 8 * u64::from(self.size)
+    }
+}
+
+/// The guest driver.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    pub features: u64,
+    pub queues: Vec<DriverQueue>,
+    /// The driver has set its stop bit and not yet cleared it.
+    pub stop_requested: bool,
+}
+
+/// Linux's `vring_need_event`, written here independently of the device.
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+impl Driver {
+    /// Fresh rings for `queues` queues of `size` entries, indices at `start`. Writes the
+    /// rings' initial contents (zeros, and `start` as both ring indices).
+    pub fn new<M: GuestMemory>(mem: &M, features: u64, queues: u16, size: u16, start: u16) -> Self {
+        let queues = (0..queues)
+            .map(|q| {
+                let dq = DriverQueue::new(q, size, start);
+                clear_ring(mem, &dq, start);
+                dq
+            })
+            .collect();
+        Driver {
+            features,
+            queues,
+            stop_requested: false,
+        }
+    }
+
+    /// Replaces queue `q` with a fresh ring at index 0, as after a virtqueue reset.
+    pub fn reset_queue<M: GuestMemory>(&mut self, mem: &M, q: u16) {
+        let size = self.queues[usize::from(q)].size;
+        let dq = DriverQueue::new(q, size, 0);
+        clear_ring(mem, &dq, 0);
+        self.queues[usize::from(q)] = dq;
+    }
+
+    pub fn has(&self, feature: u64) -> bool {
+        self.features & feature != 0
+    }
+
+    /// How many descriptors a request of this shape takes.
+    pub fn descriptors_needed(&self, req: ReqType, shape: Shape) -> usize {
+        if shape == Shape::Indirect && self.has(F_INDIRECT_DESC) {
+            return 1;
+        }
+        let data = match req {
+            ReqType::Flush => 0,
+            _ if shape == Shape::SplitData => 2,
+            _ => 1,
+        };
+        let header = if shape == Shape::SplitHeader { 2 } else { 1 };
+        header + data + 1
+    }
+
+    /// Writes a request's header, data, descriptors and avail entry, unpublished.
+    /// `None` if the ring has too few free descriptors.
+    pub fn build<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        q: u16,
+        req: ReqType,
+        shape: Shape,
+        sector: u64,
+        data: &[u8],
+    ) -> Option<Built> {
+        let needed = self.descriptors_needed(req, shape);
+        let indirect = needed == 1;
+        let dq = &mut self.queues[usize::from(q)];
+        if dq.free.len() < needed {
+            return None;
+        }
+        let head = *dq.free.last().unwrap();
+        let slot = Slot::of(q, head);
+        let blk_type = match req {
+            ReqType::Read => T_IN,
+            ReqType::Write => T_OUT,
+            ReqType::Flush => T_FLUSH,
+            ReqType::GetId => T_GET_ID,
+        };
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&blk_type.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        write(mem, slot.header, &header);
+        write(mem, slot.status, &[0xff]);
+        let data_len = data.len() as u32;
+        write(mem, slot.data, data);
+
+        // (address, length, device-writable)
+        let mut bufs: Vec<(u64, u32, bool)> = Vec::with_capacity(5);
+        if shape == Shape::SplitHeader {
+            bufs.push((slot.header, 8, false));
+            bufs.push((slot.header + 8, 8, false));
+        } else {
+            bufs.push((slot.header, 16, false));
+        }
+        if req != ReqType::Flush {
+            let writable = req != ReqType::Write;
+            if shape == Shape::SplitData && data_len > 1 {
+                let half = data_len / 2;
+                bufs.push((slot.data, half, writable));
+                bufs.push((slot.data + u64::from(half), data_len - half, writable));
+            } else {
+                bufs.push((slot.data, data_len, writable));
+            }
+        }
+        bufs.push((slot.status, 1, true));
+
+        let ids: Vec<u16> = (0..needed).map(|_| dq.free.pop().unwrap()).collect();
+        if indirect {
+            for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+                let next = (i + 1 < bufs.len()).then_some(i as u16 + 1);
+                write_desc(mem, slot.table, i as u16, addr, len, w, next);
+            }
+            let len = 16 * bufs.len() as u32;
+            let raw = desc_bytes(slot.table, len, DESC_F_INDIRECT, 0);
+            write(mem, dq.desc + 16 * u64::from(head), &raw);
+        } else {
+            for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+                write_desc(mem, dq.desc, ids[i], addr, len, w, ids.get(i + 1).copied());
+            }
+        }
+        dq.chains.insert(head, ids);
+        let avail_pos = dq.avail_shadow;
+        let slot_addr = dq.avail + 4 + 2 * u64::from(avail_pos % dq.size);
+        write(mem, slot_addr, &head.to_le_bytes());
+        dq.avail_shadow = avail_pos.wrapping_add(1);
+        let writable = bufs
+            .iter()
+            .filter(|b| b.2)
+            .map(|&(addr, len, _)| (addr, len))
+            .collect();
+        Some(Built {
+            head,
+            avail_pos,
+            writable,
+            data_addr: slot.data,
+            data_len,
+            status_addr: slot.status,
+        })
+    }
+
+    /// Makes everything built so far visible: writes avail idx.
+    pub fn publish<M: GuestMemory>(&mut self, mem: &M, q: u16) {
+        let dq = &mut self.queues[usize::from(q)];
+        dq.published = dq.avail_shadow;
+        write(mem, dq.avail + 2, &dq.published.to_le_bytes());
+    }
+
+    /// Whether the device wants a kick for what was published since the last decision
+    /// (EVENT_IDX's `avail_event`, or the used ring's NO_NOTIFY flag). Records the decision.
+    pub fn kick_needed<M: GuestMemory>(&mut self, mem: &M, q: u16) -> bool {
+        let event_idx = self.has(F_EVENT_IDX);
+        let dq = &mut self.queues[usize::from(q)];
+        let (old, new) = (dq.kicked_at, dq.published);
+        dq.kicked_at = new;
+        if old == new {
+            return false;
+        }
+        if event_idx {
+            need_event(read16(mem, dq.avail_event_addr()), new, old)
+        } else {
+            read16(mem, dq.used) & VRING_USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// The used ring's idx as the device last wrote it.
+    pub fn used_idx<M: GuestMemory>(&self, mem: &M, q: u16) -> u16 {
+        read16(mem, self.queues[usize::from(q)].used + 2)
+    }
+
+    /// Reads used entries not read before, at most a ring's worth. They wait for `reap`.
+    pub fn observe<M: GuestMemory>(&mut self, mem: &M, q: u16) -> Vec<UsedElem> {
+        let used_idx = self.used_idx(mem, q);
+        let dq = &mut self.queues[usize::from(q)];
+        let count = used_idx.wrapping_sub(dq.observed).min(dq.size);
+        let mut out = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let pos = dq.observed;
+            let at = dq.used + 4 + 8 * u64::from(pos % dq.size);
+            let id = read32(mem, at);
+            let len = read32(mem, at + 4);
+            if let Ok(head) = u16::try_from(id) {
+                dq.pending_reap.push(head);
+            }
+            dq.observed = pos.wrapping_add(1);
+            out.push(UsedElem { pos, id, len });
+        }
+        out
+    }
+
+    /// Frees the descriptors of every observed completion, and with EVENT_IDX asks for an
+    /// interrupt at the next used entry, as Linux does when it re-enables callbacks.
+    pub fn reap<M: GuestMemory>(&mut self, mem: &M, q: u16) {
+        let event_idx = self.has(F_EVENT_IDX);
+        let dq = &mut self.queues[usize::from(q)];
+        for head in std::mem::take(&mut dq.pending_reap) {
+            if let Some(ids) = dq.chains.remove(&head) {
+                dq.free.extend(ids.iter().rev());
+            }
+        }
+        if event_idx {
+            write(mem, dq.used_event_addr(), &dq.observed.to_le_bytes());
+        }
+    }
+
+    /// Hostile: writes avail idx directly.
+    pub fn set_avail_idx<M: GuestMemory>(&mut self, mem: &M, q: u16, idx: u16) {
+        let dq = &mut self.queues[usize::from(q)];
+        dq.published = idx;
+        dq.avail_shadow = idx;
+        write(mem, dq.avail + 2, &idx.to_le_bytes());
+    }
+
+    /// Hostile: overwrites an avail ring slot.
+    pub fn set_avail_slot<M: GuestMemory>(&mut self, mem: &M, q: u16, slot: u16, head: u16) {
+        let dq = &self.queues[usize::from(q)];
+        write(
+            mem,
+            dq.avail + 4 + 2 * u64::from(slot % dq.size),
+            &head.to_le_bytes(),
+        );
+    }
+
+    /// Hostile: overwrites a descriptor table entry with raw fields.
+    pub fn set_desc<M: GuestMemory>(&mut self, mem: &M, q: u16, index: u16, desc: [u8; 16]) {
+        let dq = &self.queues[usize::from(q)];
+        write(mem, dq.desc + 16 * u64::from(index % dq.size), &desc);
+    }
+
+    pub fn desc<M: GuestMemory>(&self, mem: &M, q: u16, index: u16) -> [u8; 16] {
+        let dq = &self.queues[usize::from(q)];
+        let mut d = [0u8; 16];
+        let _ = mem.read_slice(
+            &mut d,
+            GuestAddress(dq.desc + 16 * u64::from(index % dq.size)),
+        );
+        d
+    }
+}
+
+const VRING_USED_F_NO_NOTIFY: u16 = 1;
+
+fn clear_ring<M: GuestMemory>(mem: &M, dq: &DriverQueue, start: u16) {
+    write(mem, dq.desc, &vec![0u8; 16 * usize::from(dq.size)]);
+    write(mem, dq.avail, &vec![0u8; 6 + 2 * usize::from(dq.size)]);
+    write(mem, dq.used, &vec![0u8; 6 + 8 * usize::from(dq.size)]);
+    write(mem, dq.avail + 2, &start.to_le_bytes());
+    write(mem, dq.used + 2, &start.to_le_bytes());
+    write(mem, dq.used_event_addr(), &start.to_le_bytes());
+}
+
+pub fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..].copy_from_slice(&next.to_le_bytes());
+    d
+}
+
+fn write_desc<M: GuestMemory>(
+    mem: &M,
+    table: u64,
+    i: u16,
+    addr: u64,
+    len: u32,
+    writable: bool,
+    next: Option<u16>,
+) {
+    let mut flags = if writable { DESC_F_WRITE } else { 0 };
+    if next.is_some() {
+        flags |= DESC_F_NEXT;
+    }
+    write(
+        mem,
+        table + 16 * u64::from(i),
+        &desc_bytes(addr, len, flags, next.unwrap_or(0)),
+    );
+}
+
+/// The driver's memory is laid out inside guest memory by construction, so a failed write
+/// is a harness bug, not input.
+fn write<M: GuestMemory>(mem: &M, addr: u64, bytes: &[u8]) {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .expect("driver buffers lie inside guest memory");
+}
+
+pub fn read16<M: GuestMemory>(mem: &M, addr: u64) -> u16 {
+    let mut b = [0u8; 2];
+    mem.read_slice(&mut b, GuestAddress(addr))
+        .expect("driver rings lie inside guest memory");
+    u16::from_le_bytes(b)
+}
+
+fn read32<M: GuestMemory>(mem: &M, addr: u64) -> u32 {
+    let mut b = [0u8; 4];
+    mem.read_slice(&mut b, GuestAddress(addr))
+        .expect("driver rings lie inside guest memory");
+    u32::from_le_bytes(b)
+}

@@ -1,0 +1,332 @@
+//! The built-in explorer behind `stopfuzz run`: seeded random programs with swarm testing,
+//! on every core, with no tool beyond cargo.
+//!
+//! Execution `i` is a function of `(seed, i)` alone, and the digest folds each execution's
+//! report in index order, so a seed and an exec count give one digest whatever the number
+//! of jobs. Each batch of [`BATCH`] executions enables a random subset of op kinds (swarm
+//! testing): a program without, say, resets reaches states that one full of them never does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+use crate::engine::{Finding, Outcome, Report, Scenarios};
+use crate::oracle::Invariant;
+use crate::program::{MAX_OPS, OpKind};
+use crate::targets::Target;
+use crate::trace::Digest;
+
+/// Executions that share one swarm configuration.
+pub const BATCH: u64 = 64;
+/// Findings saved per invariant, so one bug does not fill the disk.
+const SAVED_PER_INVARIANT: usize = 3;
+
+/// How long to explore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    Seconds(u64),
+    Execs(u64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: Target,
+    pub budget: Budget,
+    pub seed: u64,
+    pub jobs: usize,
+    pub out: Option<PathBuf>,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// What an exploration found.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub execs: u64,
+    pub elapsed: Duration,
+    pub findings: u64,
+    pub digest: u64,
+    /// How many executions reached each scenario, in [`Scenarios::NAMES`] order.
+    pub scenarios: [u64; 6],
+    pub by_invariant: BTreeMap<Invariant, u64>,
+    /// The first finding of each invariant, with its input.
+    pub examples: BTreeMap<Invariant, (Vec<u8>, Finding)>,
+}
+
+impl Summary {
+    pub fn execs_per_s(&self) -> f64 {
+        self.execs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The one closing line of `stopfuzz run`.
+    pub fn line(&self, target: Target) -> String {
+        format!(
+            "summary: target={} execs={} execs_per_s={:.0} findings={} digest={:016x}",
+            target.name(),
+            self.execs,
+            self.execs_per_s(),
+            self.findings,
+            self.digest
+        )
+    }
+
+    pub fn scenario_counts(&self) -> String {
+        Scenarios::NAMES
+            .iter()
+            .zip(self.scenarios)
+            .map(|((_, name), n)| format!("{name}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The input of execution `index`.
+pub fn input(target: Target, seed: u64, index: u64) -> Vec<u8> {
+    let kinds = swarm(target, seed, index / BATCH);
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, index));
+    let mut program = Vec::with_capacity(7 + 4 * 64);
+    program.push(crate::program::FORMAT_VERSION);
+    let mut config = [0u8; 6];
+    rng.fill_bytes(&mut config);
+    // Rings start at 0 half the time and just below the wrap a quarter of the time.
+    let start: u16 = match rng.next_u32() % 4 {
+        0 | 1 => 0,
+        2 => 0xffff - (rng.next_u32() % 48) as u16,
+        _ => rng.next_u32() as u16,
+    };
+    config[3..5].copy_from_slice(&start.to_le_bytes());
+    program.extend_from_slice(&config);
+    let ops = match rng.next_u32() % 8 {
+        0 => 1 + rng.next_u32() as usize % MAX_OPS,
+        _ => 8 + rng.next_u32() as usize % 96,
+    };
+    for _ in 0..ops {
+        let mut op = [0u8; 4];
+        rng.fill_bytes(&mut op);
+        let kind = kinds[rng.next_u32() as usize % kinds.len()];
+        op[0] = OpKind::ALL.iter().position(|k| *k == kind).unwrap() as u8;
+        program.extend_from_slice(&op);
+    }
+    match target {
+        Target::Snapshot => {
+            let mut head = [0u8; 2 + 3 * 8];
+            rng.fill_bytes(&mut head);
+            // Mostly mutate a real snapshot; sometimes restore raw bytes.
+            head[0] = u8::from(rng.next_u32() % 8 == 0);
+            if head[0] == 1 {
+                return [&head[..1], &program[..]].concat();
+            }
+            [&head[..], &program[..]].concat()
+        }
+        _ => program,
+    }
+}
+
+/// The op kinds batch `batch` may use: the ones that make requests happen, plus a random
+/// half of the rest.
+fn swarm(target: Target, seed: u64, batch: u64) -> Vec<OpKind> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5377_6172_6d00, batch));
+    let core = [
+        OpKind::Submit,
+        OpKind::Publish,
+        OpKind::Kick,
+        OpKind::Poll,
+        OpKind::Complete,
+    ];
+    OpKind::ALL
+        .into_iter()
+        .filter(|k| target == Target::BlkHostile || !k.is_hostile())
+        .filter(|k| core.contains(k) || rng.next_u32() % 2 == 0)
+        .collect()
+}
+
+fn mix(seed: u64, index: u64) -> u64 {
+    let mut d = Digest::default();
+    d.u64(seed);
+    d.u64(index);
+    d.value()
+}
+
+/// One execution's result, sent from a worker.
+struct Done {
+    index: u64,
+    input: Vec<u8>,
+    report: Report,
+}
+
+/// Runs the exploration. `on_progress` is called about once a second with the running
+/// summary (for the progress line).
+pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary {
+    let start = Instant::now();
+    let next = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut summary = Summary::default();
+    let mut digest = Digest::default();
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.max(1) {
+            let tx = tx.clone();
+            let (next, stop) = (&next, &stop);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if let Budget::Execs(n) = opts.budget
+                        && index >= n
+                    {
+                        break;
+                    }
+                    let input = input(opts.target, opts.seed, index);
+                    let report = opts.target.run(&input, false);
+                    if tx
+                        .send(Done {
+                            index,
+                            input,
+                            report,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut last_progress = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(done) => {
+                    pending.insert(done.index, done);
+                    while let Some(done) = pending.remove(&summary.execs) {
+                        fold(&mut summary, &mut digest, done, opts);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if let Budget::Seconds(s) = opts.budget
+                && start.elapsed() >= Duration::from_secs(s)
+            {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                summary.elapsed = start.elapsed();
+                on_progress(&summary);
+            }
+        }
+        // Workers finished: everything claimed has arrived, in a contiguous range.
+        while let Some(done) = pending.remove(&summary.execs) {
+            fold(&mut summary, &mut digest, done, opts);
+        }
+    });
+    summary.elapsed = start.elapsed();
+    summary.digest = digest.value();
+    summary
+}
+
+fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) {
+    summary.execs += 1;
+    digest.u64(done.report.digest);
+    for (i, (flag, _)) in Scenarios::NAMES.iter().enumerate() {
+        if done.report.scenarios.has(*flag) {
+            summary.scenarios[i] += 1;
+        }
+    }
+    if let Outcome::Finding(f) = done.report.outcome {
+        summary.findings += 1;
+        let seen = summary.by_invariant.entry(f.invariant).or_insert(0);
+        *seen += 1;
+        if (*seen as usize) <= SAVED_PER_INVARIANT
+            && let Some(dir) = &opts.out
+            && let Err(e) = save_finding(dir, opts.target, &done.input, &f)
+        {
+            eprintln!("stopfuzz: cannot save a finding in {}: {e}", dir.display());
+        }
+        summary
+            .examples
+            .entry(f.invariant)
+            .or_insert((done.input, f));
+    }
+}
+
+/// Writes the raw input and a report with its trace and the command that replays it.
+pub fn save_finding(
+    dir: &std::path::Path,
+    target: Target,
+    input: &[u8],
+    f: &Finding,
+) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut d = Digest::default();
+    d.bytes(input);
+    let name = format!("{}-{}-{:016x}", target.name(), f.invariant, d.value());
+    let path = dir.join(&name);
+    std::fs::write(&path, input)?;
+    let traced = target.run(input, true);
+    let trace = traced.trace.map(|t| t.cut(f.step)).unwrap_or_default();
+    let report = format!(
+        "target: {}\ninvariant: {}\nstep: {}\n{}\n\nreplay: cargo run --release -- replay --target {} {}\n\n{}",
+        target.name(),
+        f.invariant,
+        f.step,
+        f.message,
+        target.name(),
+        path.display(),
+        trace
+    );
+    std::fs::write(dir.join(format!("{name}.txt")), report)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_depend_only_on_seed_and_index() {
+        for target in Target::ALL {
+            assert_eq!(input(target, 7, 100), input(target, 7, 100));
+            assert_ne!(input(target, 7, 100), input(target, 7, 101));
+            assert_ne!(input(target, 7, 100), input(target, 8, 100));
+        }
+    }
+
+    #[test]
+    fn swarm_keeps_the_core_and_hostile_ops_only_for_hostile() {
+        for batch in 0..20 {
+            let kinds = swarm(Target::BlkConforming, 1, batch);
+            assert!(kinds.contains(&OpKind::Submit) && kinds.contains(&OpKind::Poll));
+            assert!(kinds.iter().all(|k| !k.is_hostile()));
+        }
+        let hostile = (0..20).any(|b| {
+            swarm(Target::BlkHostile, 1, b)
+                .iter()
+                .any(|k| k.is_hostile())
+        });
+        assert!(hostile);
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_jobs() {
+        let run = |jobs| {
+            let opts = Options {
+                target: Target::BlkConforming,
+                budget: Budget::Execs(200),
+                seed: 42,
+                jobs,
+                out: None,
+                progress: false,
+            };
+            explore(&opts, |_| {})
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!(one.execs, 200);
+        assert_eq!((one.digest, one.findings), (two.digest, two.findings));
+    }
+}

@@ -1,0 +1,216 @@
+//! The `stopfuzz` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use stopfuzz::engine::Outcome;
+use stopfuzz::explore::{self, Budget, Options};
+use stopfuzz::program::Program;
+use stopfuzz::targets::Target;
+
+#[derive(Parser)]
+#[command(
+    name = "stopfuzz",
+    version,
+    about = "Fuzz virtio devices through stop, resume, migration, reset and I/O retry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Explore the reference device with seeded random programs (swarm testing).
+    Run {
+        /// blk_conforming, blk_hostile or snapshot.
+        #[arg(long, default_value = "blk_conforming")]
+        target: Target,
+        /// Run for this many seconds (default 60).
+        #[arg(long, conflicts_with = "execs")]
+        seconds: Option<u64>,
+        /// Run exactly this many executions.
+        #[arg(long)]
+        execs: Option<u64>,
+        /// Seed for every input; printed when chosen at random.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Where to save findings (raw input plus a .txt report).
+        #[arg(long, default_value = "findings")]
+        out: PathBuf,
+    },
+    /// Run inputs and print each outcome.
+    Replay {
+        /// Input files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The target; by default taken from the path (corpus/<target>/...) or file name.
+        #[arg(long)]
+        target: Option<Target>,
+        /// Print every step.
+        #[arg(long)]
+        trace: bool,
+        /// Draw the rings at the end, as the mailing-list thread does.
+        #[arg(long)]
+        rings: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Run {
+            target,
+            seconds,
+            execs,
+            seed,
+            jobs,
+            out,
+        } => run(target, seconds, execs, seed, jobs, out),
+        Command::Replay {
+            files,
+            target,
+            trace,
+            rings,
+        } => replay(&files, target, trace, rings),
+    }
+}
+
+fn run(
+    target: Target,
+    seconds: Option<u64>,
+    execs: Option<u64>,
+    seed: Option<u64>,
+    jobs: Option<usize>,
+    out: PathBuf,
+) -> ExitCode {
+    let budget = match (seconds, execs) {
+        (_, Some(n)) => Budget::Execs(n),
+        (Some(s), None) => Budget::Seconds(s),
+        (None, None) => Budget::Seconds(60),
+    };
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    eprintln!(
+        "stopfuzz run: target={} seed={seed} jobs={jobs} budget={budget:?} out={}",
+        target.name(),
+        out.display()
+    );
+    silence_panics();
+    let opts = Options {
+        target,
+        budget,
+        seed,
+        jobs,
+        out: Some(out.clone()),
+        progress: true,
+    };
+    let summary = explore::explore(&opts, |s| {
+        eprintln!(
+            "[{:>4}s] execs {} ({:.0}/s) findings {} | {}",
+            s.elapsed.as_secs(),
+            s.execs,
+            s.execs_per_s(),
+            s.findings,
+            s.scenario_counts()
+        );
+    });
+    eprintln!("scenarios: {}", summary.scenario_counts());
+    for (invariant, (_, f)) in &summary.examples {
+        eprintln!(
+            "finding: {invariant} x{} (first at step {}: {})",
+            summary.by_invariant[invariant], f.step, f.message
+        );
+    }
+    if summary.findings > 0 {
+        eprintln!("inputs and reports saved in {}", out.display());
+    }
+    println!("{}", summary.line(target));
+    ExitCode::from(u8::from(summary.findings > 0))
+}
+
+fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -> ExitCode {
+    silence_panics();
+    let mut found = false;
+    for file in files {
+        let data = match std::fs::read(file) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("stopfuzz: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        let Some(target) = target.or_else(|| target_of(file)) else {
+            eprintln!(
+                "stopfuzz: cannot tell the target of {}; pass --target",
+                file.display()
+            );
+            return ExitCode::from(2);
+        };
+        let report = target.run(&data, trace || rings);
+        let outcome = match &report.outcome {
+            Outcome::Pass => "pass".to_string(),
+            Outcome::Finding(f) => {
+                found = true;
+                format!("FINDING {} at step {}: {}", f.invariant, f.step, f.message)
+            }
+        };
+        println!("{}: {} {outcome}", file.display(), target.name());
+        if trace && let Some(t) = &report.trace {
+            let step = match &report.outcome {
+                Outcome::Finding(f) => f.step,
+                Outcome::Pass => usize::MAX,
+            };
+            print!("{}", t.cut(step));
+        }
+        if rings && target != Target::Snapshot {
+            print!("{}", draw(&data, target));
+        }
+    }
+    ExitCode::from(u8::from(found))
+}
+
+/// The ring drawing at the end of a run.
+fn draw(data: &[u8], target: Target) -> String {
+    let mode = if target == Target::BlkHostile {
+        stopfuzz::engine::Mode::Hostile
+    } else {
+        stopfuzz::engine::Mode::Conforming
+    };
+    stopfuzz::engine::Engine::new().rings_after(&Program::decode(data), mode)
+}
+
+/// `corpus/<target>/...` or a file named `<target>-...`.
+fn target_of(path: &Path) -> Option<Target> {
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    Target::ALL
+        .into_iter()
+        .find(|t| parent == Some(t.name()) || name.starts_with(&format!("{}-", t.name())))
+}
+
+/// Panics inside runs are findings, reported as such; the default hook would print each one.
+fn silence_panics() {
+    std::panic::set_hook(Box::new(|_| {}));
+}

@@ -1,0 +1,309 @@
+//! What a correct device must do with each request, from the driver's side.
+//!
+//! The harness decides every disk completion, so the model knows each request's fate
+//! exactly: which I/O attempts it had, how each ended, and what the error policy makes of
+//! that. A conforming driver never has two requests on overlapping sectors in flight, so every
+//! disk I/O belongs to exactly one request and the expected disk contents are exact.
+
+use std::collections::BTreeMap;
+
+use crate::backend::{Io, IoError, IoTag, SECTOR_SIZE};
+use crate::device::ErrorPolicy;
+use crate::program::ReqType;
+
+pub type ReqId = usize;
+
+/// Where a request stands, as the driver sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqState {
+    /// Written to the ring, avail idx not yet moved past it.
+    Staged,
+    Published,
+    Completed,
+    /// Dropped by a queue or device reset: it must never complete.
+    Abandoned,
+}
+
+/// How the last disk attempt for a request ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Succeeded { data: Vec<u8> },
+    Failed(IoError),
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub q: u16,
+    pub head: u16,
+    pub avail_pos: u16,
+    pub kind: ReqType,
+    pub sector: u64,
+    pub sectors: u64,
+    /// What a write puts on the disk.
+    pub data: Vec<u8>,
+    pub writable: Vec<(u64, u32)>,
+    pub data_addr: u64,
+    pub status_addr: u64,
+    pub state: ReqState,
+    /// The disk I/O running for it now.
+    pub io: Option<IoTag>,
+    pub last: Option<Attempt>,
+}
+
+impl Request {
+    fn sectors(&self) -> std::ops::Range<u64> {
+        self.sector..self.sector + self.sectors
+    }
+
+    pub fn uses_disk(&self, flush: bool) -> bool {
+        match self.kind {
+            ReqType::Read | ReqType::Write => true,
+            ReqType::Flush => flush,
+            ReqType::GetId => false,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, ReqState::Staged | ReqState::Published)
+    }
+}
+
+/// What the guest must see when a request completes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    pub status: u8,
+    pub len: u32,
+    /// Bytes the data buffer must hold, when known.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Why a request may not complete now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotYet {
+    /// Its disk I/O has not finished.
+    IoRunning,
+    /// No disk I/O has finished for it.
+    NoAttempt,
+    /// Its last attempt failed under a stop-class policy: it is parked.
+    Parked,
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub requests: Vec<Request>,
+    /// Open requests by (queue, head).
+    open: BTreeMap<(u16, u16), ReqId>,
+    by_io: BTreeMap<IoTag, ReqId>,
+    pub disk: Vec<u8>,
+    pub write_policy: ErrorPolicy,
+    pub read_policy: ErrorPolicy,
+    pub flush: bool,
+    pub device_id: [u8; 20],
+}
+
+/// What a failed attempt leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaction {
+    Report,
+    Ignore,
+    Park,
+}
+
+pub fn reaction(policy: ErrorPolicy, error: IoError) -> Reaction {
+    match (policy, error) {
+        (ErrorPolicy::Report, _) | (ErrorPolicy::Enospc, IoError::Io) => Reaction::Report,
+        (ErrorPolicy::Ignore, _) => Reaction::Ignore,
+        (ErrorPolicy::Stop, _) | (ErrorPolicy::Enospc, IoError::NoSpace) => Reaction::Park,
+    }
+}
+
+impl Model {
+    pub fn new(
+        disk_sectors: u64,
+        write_policy: ErrorPolicy,
+        read_policy: ErrorPolicy,
+        flush: bool,
+        device_id: [u8; 20],
+    ) -> Self {
+        Model {
+            requests: Vec::new(),
+            open: BTreeMap::new(),
+            by_io: BTreeMap::new(),
+            disk: vec![0; (disk_sectors * SECTOR_SIZE) as usize],
+            write_policy,
+            read_policy,
+            flush,
+            device_id,
+        }
+    }
+
+    pub fn add(&mut self, req: Request) -> ReqId {
+        let id = self.requests.len();
+        self.open.insert((req.q, req.head), id);
+        self.requests.push(req);
+        id
+    }
+
+    pub fn open(&self, q: u16, head: u16) -> Option<ReqId> {
+        self.open.get(&(q, head)).copied()
+    }
+
+    pub fn open_ids(&self) -> impl Iterator<Item = ReqId> + '_ {
+        self.open.values().copied()
+    }
+
+    /// Avail idx moved past everything staged on `q`.
+    pub fn publish(&mut self, q: u16) {
+        for &id in self.open.values() {
+            let r = &mut self.requests[id];
+            if r.q == q && r.state == ReqState::Staged {
+                r.state = ReqState::Published;
+            }
+        }
+    }
+
+    /// Whether a new request on these sectors would race an unfinished one, or disk I/O
+    /// still running for a dropped request.
+    pub fn overlaps(&self, kind: ReqType, sector: u64, sectors: u64) -> bool {
+        let range = sector..sector + sectors;
+        self.requests.iter().any(|r| {
+            let unfinished = r.state != ReqState::Completed;
+            match kind {
+                ReqType::Flush => unfinished && r.kind == ReqType::Flush,
+                ReqType::GetId => false,
+                _ => {
+                    unfinished
+                        && matches!(r.kind, ReqType::Read | ReqType::Write)
+                        && r.sectors().start < range.end
+                        && range.start < r.sectors().end
+                }
+            }
+        })
+    }
+
+    /// The request a new disk I/O is for: the unfinished request of that kind on exactly
+    /// those sectors (or the unfinished flush).
+    pub fn owner_of(&self, io: &Io) -> Option<ReqId> {
+        let (kind, sector, len) = match io {
+            Io::Read { sector, len } => (ReqType::Read, *sector, u64::from(*len)),
+            Io::Write { sector, data } => (ReqType::Write, *sector, data.len() as u64),
+            Io::Flush => (ReqType::Flush, 0, 0),
+        };
+        let matches = |r: &Request| {
+            r.kind == kind
+                && r.state != ReqState::Completed
+                && (kind == ReqType::Flush
+                    || (r.sector == sector && r.sectors * SECTOR_SIZE == len))
+        };
+        // An open request is preferred over a dropped one on the same sectors.
+        (self
+            .requests
+            .iter()
+            .rposition(|r| matches(r) && r.is_open()))
+        .or_else(|| self.requests.iter().rposition(matches))
+    }
+
+    pub fn io_started(&mut self, tag: IoTag, id: ReqId) {
+        self.by_io.insert(tag, id);
+        self.requests[id].io = Some(tag);
+    }
+
+    pub fn io_owner(&self, tag: IoTag) -> Option<ReqId> {
+        self.by_io.get(&tag).copied()
+    }
+
+    /// The disk finished `tag`: a write lands with the driver's data (what a correct device
+    /// sent), a read returns what the disk holds.
+    pub fn io_finished(&mut self, tag: IoTag, result: Result<(), IoError>) {
+        let Some(id) = self.by_io.remove(&tag) else {
+            return;
+        };
+        let r = &mut self.requests[id];
+        r.io = None;
+        let range =
+            (r.sector * SECTOR_SIZE) as usize..((r.sector + r.sectors) * SECTOR_SIZE) as usize;
+        r.last = Some(match result {
+            Err(e) => Attempt::Failed(e),
+            Ok(()) => match r.kind {
+                ReqType::Write => {
+                    self.disk[range].copy_from_slice(&r.data);
+                    Attempt::Succeeded { data: Vec::new() }
+                }
+                ReqType::Read => Attempt::Succeeded {
+                    data: self.disk[range].to_vec(),
+                },
+                _ => Attempt::Succeeded { data: Vec::new() },
+            },
+        });
+    }
+
+    /// What the request's completion must look like now, or why it may not complete yet.
+    pub fn expected(&self, id: ReqId) -> Result<Expected, NotYet> {
+        let r = &self.requests[id];
+        let ok = |len: u32, data: Option<Vec<u8>>| Expected {
+            status: crate::device::bits::BLK_S_OK,
+            len,
+            data,
+        };
+        match r.kind {
+            ReqType::GetId => return Ok(ok(21, Some(self.device_id.to_vec()))),
+            ReqType::Flush if !self.flush => {
+                return Ok(Expected {
+                    status: crate::device::bits::BLK_S_UNSUPP,
+                    len: 1,
+                    data: None,
+                });
+            }
+            _ => {}
+        }
+        if r.io.is_some() {
+            return Err(NotYet::IoRunning);
+        }
+        match &r.last {
+            None => Err(NotYet::NoAttempt),
+            Some(Attempt::Succeeded { data }) if r.kind == ReqType::Read => {
+                Ok(ok(data.len() as u32 + 1, Some(data.clone())))
+            }
+            Some(Attempt::Succeeded { .. }) => Ok(ok(1, None)),
+            Some(Attempt::Failed(e)) => {
+                let policy = if r.kind == ReqType::Read {
+                    self.read_policy
+                } else {
+                    self.write_policy
+                };
+                match reaction(policy, *e) {
+                    Reaction::Report => Ok(Expected {
+                        status: crate::device::bits::BLK_S_IOERR,
+                        len: 1,
+                        data: None,
+                    }),
+                    Reaction::Ignore => Ok(ok(1, None)),
+                    Reaction::Park => Err(NotYet::Parked),
+                }
+            }
+        }
+    }
+
+    /// Whether the request waits, parked, for a retry.
+    pub fn is_parked(&self, id: ReqId) -> bool {
+        self.expected(id) == Err(NotYet::Parked)
+    }
+
+    pub fn complete(&mut self, id: ReqId) {
+        let r = &mut self.requests[id];
+        r.state = ReqState::Completed;
+        self.open.remove(&(r.q, r.head));
+    }
+
+    /// A reset dropped every open request on `q` (or on every queue).
+    pub fn abandon(&mut self, q: Option<u16>) {
+        let requests = &mut self.requests;
+        self.open.retain(|&(rq, _), id| {
+            let drop = q.is_none_or(|q| q == rq);
+            if drop {
+                requests[*id].state = ReqState::Abandoned;
+            }
+            !drop
+        });
+    }
+}

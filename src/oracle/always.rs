@@ -1,0 +1,207 @@
+//! Invariants that hold even against a hostile driver.
+
+use std::ops::Range;
+
+use super::{Check, Invariant, ensure, violation};
+use crate::device::Snapshot;
+
+/// What one device call did that a stopped or broken device must not do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub writes: usize,
+    pub interrupts: u32,
+    pub new_io: usize,
+}
+
+impl Activity {
+    fn is_quiet(&self) -> bool {
+        *self == Activity::default()
+    }
+}
+
+/// The device writes only where it may: used rings (with `avail_event`) and the writable
+/// buffers of chains it holds.
+pub fn write_confined(writes: &[(u64, u32)], allowed: &[Range<u64>]) -> Check {
+    for &(addr, len) in writes {
+        let end = addr + u64::from(len);
+        let inside = allowed.iter().any(|r| r.start <= addr && end <= r.end);
+        if !inside {
+            return Err(violation(
+                Invariant::WriteConfined,
+                format!(
+                    "device wrote {len} bytes at {addr:#x}, outside the used rings and the writable buffers it holds"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// From the stop acknowledgement until resume: no writes, interrupts or disk I/O.
+pub fn quiet_when_stopped(stopped: bool, activity: Activity) -> Check {
+    ensure(
+        !stopped || activity.is_quiet(),
+        Invariant::QuietWhenStopped,
+        || format!("after the stop acknowledgement the device was active: {activity:?}"),
+    )
+}
+
+/// A device that saw avail idx more than a ring ahead consumes nothing (requests it
+/// fetched before may still complete); once broken, it stays quiet.
+pub fn avail_window(q: u16, window: u16, size: u16, next_avail: (u16, u16)) -> Check {
+    ensure(
+        window <= size || next_avail.0 == next_avail.1,
+        Invariant::AvailWindow,
+        || {
+            format!(
+                "queue {q}: avail idx was {window} ahead of next_avail (size {size}); expected nothing consumed, \
+             observed next_avail {} -> {}",
+                next_avail.0, next_avail.1
+            )
+        },
+    )
+}
+
+/// A device in DEVICE_NEEDS_RESET stays quiet until reset.
+pub fn broken_stays_quiet(broken: bool, activity: Activity) -> Check {
+    ensure(
+        !broken || activity.is_quiet(),
+        Invariant::AvailWindow,
+        || format!("a device needing reset was still active: {activity:?}"),
+    )
+}
+
+/// `(u16)(last_avail_idx - used_idx) <= size`.
+pub fn inuse_bound(q: u16, next_avail: u16, next_used: u16, size: u16) -> Check {
+    let inuse = next_avail.wrapping_sub(next_used);
+    ensure(inuse <= size, Invariant::InuseBound, || {
+        format!(
+            "queue {q}: {inuse} buffers in flight (last_avail {next_avail}, used {next_used}), more than size {size}"
+        )
+    })
+}
+
+/// Used idx never goes back and moves at most a ring per call; each used id is a head.
+pub fn used_monotone(q: u16, before: u16, after: u16, size: u16, ids: &[u32]) -> Check {
+    let moved = after.wrapping_sub(before);
+    ensure(moved <= size, Invariant::UsedMonotone, || {
+        format!(
+            "queue {q}: used idx went from {before} to {after}, not forward by at most size {size}"
+        )
+    })?;
+    match ids.iter().find(|&&id| id >= u32::from(size)) {
+        Some(id) => Err(violation(
+            Invariant::UsedMonotone,
+            format!("queue {q}: used id {id} is not a head of a size-{size} ring"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An accepted snapshot must describe a consistent device: the checks restore owes.
+/// `guest` gives each enabled queue's `(avail idx, used idx)` in guest memory.
+pub fn restore_rejects(snap: &Snapshot, offered: u64, guest: &[Option<(u16, u16)>]) -> Check {
+    let fail = |m: String| Err(violation(Invariant::RestoreRejects, m));
+    if snap.driver_features & !offered != 0 {
+        return fail(format!(
+            "accepted negotiated features {:#x} beyond the offered {offered:#x}",
+            snap.driver_features
+        ));
+    }
+    for (q, state) in snap.queues.iter().enumerate() {
+        let inuse = state.next_avail.wrapping_sub(state.next_used);
+        if inuse > state.size {
+            return fail(format!(
+                "queue {q}: accepted inuse {inuse} > size {}",
+                state.size
+            ));
+        }
+        let records = snap
+            .requests
+            .iter()
+            .filter(|r| usize::from(r.queue) == q)
+            .count();
+        if usize::from(inuse) != records {
+            return fail(format!(
+                "queue {q}: accepted inuse {inuse} with {records} held requests"
+            ));
+        }
+        if let Some(Some((avail, used))) = guest.get(q) {
+            if avail.wrapping_sub(state.next_avail) > state.size {
+                return fail(format!(
+                    "queue {q}: accepted avail idx {avail} more than size {} ahead of next_avail {}",
+                    state.size, state.next_avail
+                ));
+            }
+            if *used != state.next_used {
+                return fail(format!(
+                    "queue {q}: accepted next_used {} while guest used idx is {used}",
+                    state.next_used
+                ));
+            }
+        }
+    }
+    let mut heads: Vec<(u16, u16)> = snap.requests.iter().map(|r| (r.queue, r.head)).collect();
+    for &(q, head) in &heads {
+        let Some(state) = snap.queues.get(usize::from(q)) else {
+            return fail(format!(
+                "accepted a held request on queue {q} of {}",
+                snap.queues.len()
+            ));
+        };
+        if head >= state.size {
+            return fail(format!(
+                "queue {q}: accepted head {head} >= size {}",
+                state.size
+            ));
+        }
+    }
+    heads.sort_unstable();
+    match heads.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => fail(format!("queue {}: accepted head {} twice", w[0].0, w[0].1)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_confined_needs_the_whole_write_inside_one_range() {
+        let allowed = [0x100..0x200, 0x300..0x301];
+        assert!(write_confined(&[(0x100, 0x100), (0x300, 1)], &allowed).is_ok());
+        assert!(write_confined(&[(0x1ff, 2)], &allowed).is_err());
+        assert!(write_confined(&[(0x301, 1)], &allowed).is_err());
+    }
+
+    #[test]
+    fn used_monotone_allows_the_wrap() {
+        assert!(used_monotone(0, 0xfffe, 2, 8, &[0, 1, 2, 3]).is_ok());
+        assert!(used_monotone(0, 2, 1, 8, &[]).is_err());
+        assert!(used_monotone(0, 0, 9, 8, &[]).is_err());
+        assert!(used_monotone(0, 0, 1, 8, &[8]).is_err());
+    }
+
+    #[test]
+    fn quiet_checks_fire_only_when_stopped_or_broken() {
+        let busy = Activity {
+            writes: 1,
+            ..Activity::default()
+        };
+        assert!(quiet_when_stopped(false, busy).is_ok());
+        assert!(quiet_when_stopped(true, busy).is_err());
+        assert!(quiet_when_stopped(true, Activity::default()).is_ok());
+        assert!(broken_stays_quiet(true, busy).is_err());
+    }
+
+    #[test]
+    fn inuse_and_window_bounds() {
+        assert!(inuse_bound(0, 4, 0, 4).is_ok());
+        assert!(inuse_bound(0, 5, 0, 4).is_err());
+        assert!(inuse_bound(0, 1, 0xffff, 4).is_ok());
+        assert!(avail_window(0, 5, 4, (0, 0)).is_ok());
+        assert!(avail_window(0, 5, 4, (0, 1)).is_err());
+        assert!(avail_window(0, 4, 4, (0, 4)).is_ok());
+    }
+}

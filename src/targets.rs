@@ -1,0 +1,153 @@
+//! The fuzz targets. libFuzzer, AFL++, the explorer and the corpus replay all call these,
+//! so the same bytes are the same scenario everywhere.
+//!
+//! Each target has a function that panics on a finding, which is how fuzzers see it, and a
+//! sibling that returns the [`Report`]. A panic inside a run is itself a finding (`no-panic`)
+//! for the sibling.
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::str::FromStr;
+
+use crate::engine::{Engine, Finding, Mode, Outcome, Report, Scenarios, SnapshotEdit};
+use crate::oracle::Invariant;
+use crate::program::Program;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    BlkConforming,
+    BlkHostile,
+    Snapshot,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::BlkConforming, Target::BlkHostile, Target::Snapshot];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::BlkConforming => "blk_conforming",
+            Target::BlkHostile => "blk_hostile",
+            Target::Snapshot => "snapshot",
+        }
+    }
+
+    /// Runs `data` through this target; panics inside the run become `no-panic` findings.
+    pub fn run(self, data: &[u8], traced: bool) -> Report {
+        let run = || {
+            ENGINE.with(|engine| {
+                let mut engine = engine.borrow_mut();
+                match self {
+                    Target::BlkConforming => {
+                        engine.run(&Program::decode(data), Mode::Conforming, traced)
+                    }
+                    Target::BlkHostile => engine.run(&Program::decode(data), Mode::Hostile, traced),
+                    Target::Snapshot => {
+                        let (edit, program) = snapshot_input(data);
+                        engine.run_on::<crate::device::BlkDevice>(
+                            &program,
+                            Mode::Conforming,
+                            Some(&edit),
+                            traced,
+                        )
+                    }
+                }
+            })
+        };
+        catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic with a non-string payload".into());
+            // The engine may have been left mid-run; the next run starts from a fresh one.
+            ENGINE.with(|engine| *engine.borrow_mut() = Engine::new());
+            Report {
+                outcome: Outcome::Finding(Finding {
+                    invariant: Invariant::NoPanic,
+                    step: 0,
+                    message,
+                }),
+                scenarios: Scenarios::default(),
+                digest: 0,
+                trace: None,
+                skipped: Vec::new(),
+            }
+        })
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Target::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Target::ALL.iter().map(|t| t.name()).collect();
+                format!("unknown target {s:?}; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+thread_local! {
+    /// One guest memory per thread, reused across runs.
+    static ENGINE: RefCell<Engine> = RefCell::new(Engine::new());
+}
+
+/// The snapshot target's input: byte 0 even means "mutate the program's snapshot" with
+/// `1 + byte 1 % 8` (offset u16, xor u8) triples before the program bytes; odd means "restore
+/// the remaining bytes as they are" after an empty program.
+fn snapshot_input(data: &[u8]) -> (SnapshotEdit, Program) {
+    match data.first() {
+        Some(mode) if mode % 2 == 1 => (
+            SnapshotEdit::Replace(data[1..].to_vec()),
+            Program::default(),
+        ),
+        _ => {
+            let count = 1 + usize::from(data.get(1).copied().unwrap_or(0) % 8);
+            let flips_end = (2 + 3 * count).min(data.len());
+            let flips = data
+                .get(2..flips_end)
+                .unwrap_or(&[])
+                .chunks_exact(3)
+                .map(|c| (u16::from_le_bytes([c[0], c[1]]), c[2]))
+                .collect();
+            let program = Program::decode(data.get(flips_end..).unwrap_or(&[]));
+            (SnapshotEdit::Mutate(flips), program)
+        }
+    }
+}
+
+fn panic_on(report: Report) {
+    if let Outcome::Finding(f) = report.outcome {
+        panic!(
+            "stopfuzz finding: {} at step {}: {}",
+            f.invariant, f.step, f.message
+        );
+    }
+}
+
+pub fn blk_conforming(data: &[u8]) {
+    panic_on(blk_conforming_outcome(data))
+}
+
+pub fn blk_conforming_outcome(data: &[u8]) -> Report {
+    Target::BlkConforming.run(data, false)
+}
+
+pub fn blk_hostile(data: &[u8]) {
+    panic_on(blk_hostile_outcome(data))
+}
+
+pub fn blk_hostile_outcome(data: &[u8]) -> Report {
+    Target::BlkHostile.run(data, false)
+}
+
+pub fn snapshot(data: &[u8]) {
+    panic_on(snapshot_outcome(data))
+}
+
+pub fn snapshot_outcome(data: &[u8]) -> Report {
+    Target::Snapshot.run(data, false)
+}

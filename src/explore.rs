@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-use crate::engine::{Finding, Outcome, Report, Scenarios};
+use crate::engine::{Finding, OracleLevel, Outcome, Report, Scenarios};
 use crate::oracle::Invariant;
 use crate::program::{MAX_OPS, OpKind};
 use crate::targets::Target;
@@ -42,6 +42,9 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Print a progress line every second.
     pub progress: bool,
+    pub oracle: OracleLevel,
+    /// End at the first finding (for measuring time to detection).
+    pub stop_on_first: bool,
 }
 
 /// What an exploration found.
@@ -56,6 +59,8 @@ pub struct Summary {
     pub by_invariant: BTreeMap<Invariant, u64>,
     /// The first finding of each invariant, with its input.
     pub examples: BTreeMap<Invariant, (Vec<u8>, Finding)>,
+    /// The first finding in execution order: its index, when it was folded, what fired.
+    pub first: Option<(u64, Duration, Invariant)>,
 }
 
 impl Summary {
@@ -181,7 +186,7 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                         break;
                     }
                     let input = input(opts.target, opts.seed, index);
-                    let report = opts.target.run(&input, false);
+                    let report = opts.target.run_with(&input, false, opts.oracle);
                     if tx
                         .send(Done {
                             index,
@@ -204,6 +209,16 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                     pending.insert(done.index, done);
                     while let Some(done) = pending.remove(&summary.execs) {
                         fold(&mut summary, &mut digest, done, opts);
+                        if summary.first.is_none() && summary.findings > 0 {
+                            summary.first = Some((
+                                summary.execs - 1,
+                                start.elapsed(),
+                                first_invariant(&summary),
+                            ));
+                            if opts.stop_on_first {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -228,6 +243,14 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
     summary.elapsed = start.elapsed();
     summary.digest = digest.value();
     summary
+}
+
+fn first_invariant(summary: &Summary) -> Invariant {
+    *summary
+        .by_invariant
+        .keys()
+        .next()
+        .expect("a finding was counted")
 }
 
 fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) {
@@ -322,6 +345,8 @@ mod tests {
                 jobs,
                 out: None,
                 progress: false,
+                oracle: OracleLevel::Full,
+                stop_on_first: false,
             };
             explore(&opts, |_| {})
         };

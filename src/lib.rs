@@ -6,6 +6,8 @@
 //! against the [`model`]. [`targets`] are the entry points the fuzzers call.
 
 pub mod backend;
+#[cfg(feature = "mutants")]
+pub mod bench;
 pub mod device;
 pub mod driver;
 pub mod dut;
@@ -13,7 +15,10 @@ pub mod engine;
 pub mod explore;
 pub mod memory;
 pub mod model;
+#[cfg(feature = "mutants")]
+pub mod mutants;
 pub mod oracle;
 pub mod program;
+pub mod seeds;
 pub mod targets;
 pub mod trace;

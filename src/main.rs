@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use stopfuzz::engine::Outcome;
+use stopfuzz::engine::{OracleLevel, Outcome};
 use stopfuzz::explore::{self, Budget, Options};
 use stopfuzz::program::Program;
 use stopfuzz::targets::Target;
@@ -43,6 +43,32 @@ enum Command {
         /// Where to save findings (raw input plus a .txt report).
         #[arg(long, default_value = "findings")]
         out: PathBuf,
+        /// full, or crash-only (only no-panic, the checks not run).
+        #[arg(long, default_value = "full", value_parser = parse_oracle)]
+        oracle: OracleLevel,
+    },
+    /// Measure how fast each planted bug is found (needs --features mutants).
+    Bench {
+        /// Budget per (mutant, seed).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Independent seeds per mutant.
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// explorer or libfuzzer.
+        #[arg(long, default_value = "explorer")]
+        engine: String,
+        /// full, or crash-only.
+        #[arg(long, default_value = "full", value_parser = parse_oracle)]
+        oracle: OracleLevel,
+        /// Worker threads for the explorer (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Write the seed corpus (corpus/<target>/seed-<name>), checking each seed passes.
+    Seeds {
+        #[arg(long, default_value = "corpus")]
+        out: PathBuf,
     },
     /// Run inputs and print each outcome.
     Replay {
@@ -78,13 +104,22 @@ fn main() -> ExitCode {
             seed,
             jobs,
             out,
-        } => run(target, seconds, execs, seed, jobs, out),
+            oracle,
+        } => run(target, seconds, execs, seed, jobs, out, oracle),
         Command::Replay {
             files,
             target,
             trace,
             rings,
         } => replay(&files, target, trace, rings),
+        Command::Seeds { out } => seeds(&out),
+        Command::Bench {
+            seconds,
+            seeds,
+            engine,
+            oracle,
+            jobs,
+        } => bench(seconds, seeds, &engine, oracle, jobs),
     }
 }
 
@@ -95,6 +130,7 @@ fn run(
     seed: Option<u64>,
     jobs: Option<usize>,
     out: PathBuf,
+    oracle: OracleLevel,
 ) -> ExitCode {
     let budget = match (seconds, execs) {
         (_, Some(n)) => Budget::Execs(n),
@@ -122,6 +158,8 @@ fn run(
         jobs,
         out: Some(out.clone()),
         progress: true,
+        oracle,
+        stop_on_first: false,
     };
     let summary = explore::explore(&opts, |s| {
         eprintln!(
@@ -188,6 +226,96 @@ fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -
     ExitCode::from(u8::from(found))
 }
 
+#[cfg(not(feature = "mutants"))]
+fn bench(_: u64, _: u64, _: &str, _: OracleLevel, _: Option<usize>) -> ExitCode {
+    eprintln!(
+        "stopfuzz bench needs the planted bugs: cargo run --release --features mutants -- bench"
+    );
+    ExitCode::from(2)
+}
+
+#[cfg(feature = "mutants")]
+fn bench(
+    seconds: u64,
+    seeds: u64,
+    engine: &str,
+    oracle: OracleLevel,
+    jobs: Option<usize>,
+) -> ExitCode {
+    use stopfuzz::bench::{self, BenchOptions, Engine};
+    let engine = match engine {
+        "explorer" => Engine::Explorer,
+        "libfuzzer" => Engine::LibFuzzer,
+        other => {
+            eprintln!("stopfuzz: unknown engine {other:?}; expected explorer or libfuzzer");
+            return ExitCode::from(2);
+        }
+    };
+    let fuzz_bin_dir = PathBuf::from("fuzz/target/x86_64-unknown-linux-gnu/release");
+    if engine == Engine::LibFuzzer && !fuzz_bin_dir.join("blk_conforming").exists() {
+        eprintln!(
+            "stopfuzz: no libFuzzer binaries in {}; build them with\n  cargo fuzz build --sanitizer none --features mutants",
+            fuzz_bin_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    silence_panics();
+    let opts = BenchOptions {
+        seconds,
+        seeds,
+        engine,
+        oracle,
+        jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        fuzz_bin_dir,
+    };
+    eprintln!("stopfuzz bench: {opts:?}");
+    let results = bench::bench(&opts, |m, seed, a| {
+        eprintln!(
+            "{} seed {seed}: {} in {:.2} s ({} execs) {}",
+            m.name(),
+            if a.found { "found" } else { "missed" },
+            a.time.as_secs_f64(),
+            a.execs.map_or("?".into(), |e| e.to_string()),
+            a.invariant.map_or("", |i| i.id())
+        );
+    });
+    let (rows, summary) = bench::table(&results);
+    for row in rows {
+        eprintln!("{row}");
+    }
+    println!("{summary}");
+    ExitCode::SUCCESS
+}
+
+fn seeds(out: &Path) -> ExitCode {
+    silence_panics();
+    let mut written = 0;
+    for seed in stopfuzz::seeds::seeds() {
+        if let Outcome::Finding(f) = seed.target.run(&seed.bytes, false).outcome {
+            eprintln!(
+                "stopfuzz: seed {} of {} does not pass: {} at step {}: {}",
+                seed.name,
+                seed.target.name(),
+                f.invariant,
+                f.step,
+                f.message
+            );
+            return ExitCode::from(1);
+        }
+        let dir = out.join(seed.target.name());
+        let path = dir.join(format!("seed-{}", seed.name));
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &seed.bytes))
+        {
+            eprintln!("stopfuzz: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        written += 1;
+    }
+    println!("wrote {written} seeds under {}", out.display());
+    ExitCode::SUCCESS
+}
+
 /// The ring drawing at the end of a run.
 fn draw(data: &[u8], target: Target) -> String {
     let mode = if target == Target::BlkHostile {
@@ -208,6 +336,14 @@ fn target_of(path: &Path) -> Option<Target> {
     Target::ALL
         .into_iter()
         .find(|t| parent == Some(t.name()) || name.starts_with(&format!("{}-", t.name())))
+}
+
+fn parse_oracle(s: &str) -> Result<OracleLevel, String> {
+    match s {
+        "full" => Ok(OracleLevel::Full),
+        "crash-only" => Ok(OracleLevel::CrashOnly),
+        _ => Err(format!("unknown oracle {s:?}; expected full or crash-only")),
+    }
 }
 
 /// Panics inside runs are findings, reported as such; the default hook would print each one.

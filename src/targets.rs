@@ -8,8 +8,9 @@
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::str::FromStr;
+use std::sync::OnceLock;
 
-use crate::engine::{Engine, Finding, Mode, Outcome, Report, Scenarios, SnapshotEdit};
+use crate::engine::{Engine, Finding, Mode, OracleLevel, Outcome, Report, Scenarios, SnapshotEdit};
 use crate::oracle::Invariant;
 use crate::program::Program;
 
@@ -33,9 +34,15 @@ impl Target {
 
     /// Runs `data` through this target; panics inside the run become `no-panic` findings.
     pub fn run(self, data: &[u8], traced: bool) -> Report {
+        self.run_with(data, traced, OracleLevel::Full)
+    }
+
+    /// [`Self::run`] with a choice of oracle.
+    pub fn run_with(self, data: &[u8], traced: bool, oracle: OracleLevel) -> Report {
         let run = || {
             ENGINE.with(|engine| {
                 let mut engine = engine.borrow_mut();
+                engine.oracle = oracle;
                 match self {
                     Target::BlkConforming => {
                         engine.run(&Program::decode(data), Mode::Conforming, traced)
@@ -119,6 +126,16 @@ fn snapshot_input(data: &[u8]) -> (SnapshotEdit, Program) {
     }
 }
 
+/// The oracle the fuzzer entry points use: `STOPFUZZ_ORACLE=crash-only` keeps only
+/// `no-panic` (for measuring what a crash-only harness sees); anything else is full.
+fn fuzz_oracle() -> OracleLevel {
+    static LEVEL: OnceLock<OracleLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| match std::env::var("STOPFUZZ_ORACLE").as_deref() {
+        Ok("crash-only") => OracleLevel::CrashOnly,
+        _ => OracleLevel::Full,
+    })
+}
+
 fn panic_on(report: Report) {
     if let Outcome::Finding(f) = report.outcome {
         panic!(
@@ -129,7 +146,7 @@ fn panic_on(report: Report) {
 }
 
 pub fn blk_conforming(data: &[u8]) {
-    panic_on(blk_conforming_outcome(data))
+    panic_on(Target::BlkConforming.run_with(data, false, fuzz_oracle()))
 }
 
 pub fn blk_conforming_outcome(data: &[u8]) -> Report {
@@ -137,7 +154,7 @@ pub fn blk_conforming_outcome(data: &[u8]) -> Report {
 }
 
 pub fn blk_hostile(data: &[u8]) {
-    panic_on(blk_hostile_outcome(data))
+    panic_on(Target::BlkHostile.run_with(data, false, fuzz_oracle()))
 }
 
 pub fn blk_hostile_outcome(data: &[u8]) -> Report {
@@ -145,7 +162,7 @@ pub fn blk_hostile_outcome(data: &[u8]) -> Report {
 }
 
 pub fn snapshot(data: &[u8]) {
-    panic_on(snapshot_outcome(data))
+    panic_on(Target::Snapshot.run_with(data, false, fuzz_oracle()))
 }
 
 pub fn snapshot_outcome(data: &[u8]) -> Report {

@@ -394,8 +394,15 @@ impl BlkDevice {
             return;
         }
         let vq = &mut self.queues[usize::from(q)];
+        #[cfg(feature = "mutants")]
+        let stale = (vq.queue.next_avail(), vq.queue.next_used());
         vq.queue.reset();
         *vq = VirtQueue::new(std::mem::take(&mut vq.queue));
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(StaleIndexAfterQueueReset) {
+            vq.queue.set_next_avail(stale.0);
+            vq.queue.set_next_used(stale.1);
+        }
         self.detach(|r| r.queue == q);
         self.update_acks();
     }
@@ -410,6 +417,12 @@ impl BlkDevice {
 
     /// A driver notification. It is remembered until the device can act on it.
     pub fn kick(&mut self, q: u16) {
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(KicksLostWhileStopped)
+            && (self.driver_stop != StopState::Running || self.host_stop != StopState::Running)
+        {
+            return;
+        }
         if let Some(vq) = self.queues.get_mut(usize::from(q)) {
             vq.kicked = true;
         }
@@ -451,6 +464,19 @@ impl BlkDevice {
     }
 
     fn resumed(&mut self) {
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(NaiveRewind) {
+            for vq in &mut self.queues {
+                let used = vq.queue.next_used();
+                vq.queue.set_next_avail(used);
+            }
+            self.records.clear();
+        }
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(KicksLostWhileStopped) {
+            self.retry_due = true;
+            return;
+        }
         // Buffers may have been made available without a kick getting through.
         for vq in &mut self.queues {
             vq.kicked = true;
@@ -468,6 +494,11 @@ impl BlkDevice {
         self.status = 0;
         self.driver_features = 0;
         self.driver_stop = StopState::Running;
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(ParkedRetriedAfterReset) {
+            self.detach(|r| r.io.is_some());
+            return;
+        }
         self.detach_all();
     }
 
@@ -526,6 +557,16 @@ impl BlkDevice {
                 self.interrupts.used[q] += 1;
             }
         }
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(WriteAfterAck) && self.live() && !self.may_run_io() {
+            for vq in self
+                .queues
+                .iter_mut()
+                .filter(|vq| vq.kicked && vq.queue.ready())
+            {
+                let _ = vq.queue.enable_notification(mem);
+            }
+        }
         self.update_acks();
     }
 
@@ -567,10 +608,22 @@ impl BlkDevice {
                 return self.break_device();
             };
             let window = avail.0.wrapping_sub(queue.next_avail());
+            #[cfg(feature = "mutants")]
+            let window = match crate::mutant!(UnwrappedIndex) {
+                true => avail.0.saturating_sub(queue.next_avail()),
+                false => window,
+            };
             let inuse = queue.next_avail().wrapping_sub(queue.next_used());
             // Covers both a driver that moved avail idx more than a ring ahead and one
             // that made more buffers available than the ring has descriptors.
-            if u32::from(window) + u32::from(inuse) > u32::from(queue.size()) {
+            let over = u32::from(window) + u32::from(inuse) > u32::from(queue.size());
+            #[cfg(feature = "mutants")]
+            let over = over
+                && !(crate::mutant!(ConsumeBeyondWindow) && inuse <= queue.size() && {
+                    queue.set_next_avail(avail.0.wrapping_sub(queue.size() - inuse));
+                    true
+                });
+            if over {
                 return self.break_device();
             }
             if window > 0 {
@@ -646,6 +699,10 @@ impl BlkDevice {
                 reply,
                 reply_to,
             } => match request::scatter(mem, &reply_to, &reply) {
+                #[cfg(feature = "mutants")]
+                Some(_) if crate::mutant!(HeadLeakedOnError) && status != BLK_S_OK => {
+                    let _ = mem.write_obj(status, GuestAddress(status_addr));
+                }
                 Some(n) => self.finish(q, head, status_addr, status, n as u32 + 1, mem),
                 None => self.break_device(),
             },
@@ -697,10 +754,30 @@ impl BlkDevice {
                 } else {
                     self.cfg.write_policy
                 };
-                match policy.on(error) {
+                let action = policy.on(error);
+                #[cfg(feature = "mutants")]
+                let action = match action {
+                    Action::Park
+                        if crate::mutant!(ParkedReportsIoerr) && policy == ErrorPolicy::Stop =>
+                    {
+                        Action::Report
+                    }
+                    Action::Park if crate::mutant!(ParkedCompletedAndRetried) => {
+                        let r = &self.records[&seq];
+                        let (q, head, at) = (r.queue, r.head, r.req.status);
+                        self.finish(q, head, at, BLK_S_IOERR, 1, mem);
+                        Action::Park
+                    }
+                    other => other,
+                };
+                match action {
                     Action::Report => self.finish_record(seq, BLK_S_IOERR, 1, mem),
                     Action::Ignore => self.finish_record(seq, BLK_S_OK, 1, mem),
-                    Action::Park => self.records.get_mut(&seq).expect("held").io = None,
+                    Action::Park => {
+                        if let Some(r) = self.records.get_mut(&seq) {
+                            r.io = None;
+                        }
+                    }
                 }
             }
         }
@@ -775,6 +852,8 @@ impl BlkDevice {
         let no_io = self.orphans.is_empty() && self.records.values().all(|r| r.io.is_none());
         let quiet =
             no_io && (self.cfg.inflight == InflightPolicy::Track || self.records.is_empty());
+        #[cfg(feature = "mutants")]
+        let quiet = quiet || (no_io && crate::mutant!(DrainAckIgnoresParked));
         if quiet {
             for stop in [&mut self.driver_stop, &mut self.host_stop] {
                 if *stop == StopState::Stopping {

@@ -29,7 +29,15 @@ impl BlkDevice {
             let used_event = avail.checked_add(4 + 2 * u64::from(vq.queue.size()));
             used_event
                 .and_then(|at| mem.read_obj::<u16>(at).ok())
-                .is_none_or(|event| vring_need_event(u16::from_le(event), new, old))
+                .is_none_or(|event| {
+                    let event = u16::from_le(event);
+                    #[cfg(feature = "mutants")]
+                    let event = match crate::mutant!(EventIdxOffByOne) {
+                        true => event.wrapping_add(1),
+                        false => event,
+                    };
+                    vring_need_event(event, new, old)
+                })
         } else {
             mem.read_obj::<u16>(avail)
                 .ok()

@@ -170,6 +170,13 @@ impl BlkDevice {
             requests: self
                 .records
                 .values()
+                .filter(|_r| {
+                    #[cfg(feature = "mutants")]
+                    if crate::mutant!(SaveDropsParked) && _r.io.is_none() {
+                        return false;
+                    }
+                    true
+                })
                 .map(|r| SavedRequest {
                     queue: r.queue,
                     head: r.head,
@@ -304,6 +311,20 @@ impl BlkDevice {
             let records = heads.iter().filter(|(hq, _)| *hq == q).count();
             check_ring(&vq.queue, q, records, device.live(), mem)?;
         }
+        #[cfg(feature = "mutants")]
+        for vq in &mut device.queues {
+            if crate::mutant!(RestoreFromUsed) {
+                let used = vq.queue.next_used();
+                vq.queue.set_next_avail(used);
+            }
+            if crate::mutant!(NoNotifyAfterRestore) {
+                vq.signalled_used = Some(vq.queue.next_used());
+            }
+        }
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(RestoreFromUsed) {
+            device.records.clear();
+        }
         Ok(device)
     }
 }
@@ -318,6 +339,10 @@ fn check_ring<M: GuestMemory>(
 ) -> Result<(), RestoreError> {
     let (size, next_avail, next_used) = (queue.size(), queue.next_avail(), queue.next_used());
     let inuse = next_avail.wrapping_sub(next_used);
+    #[cfg(feature = "mutants")]
+    if crate::mutant!(RestoreAcceptsInuseOverSize) && inuse > size {
+        return Ok(());
+    }
     if inuse > size {
         return Err(RestoreError::Inuse {
             queue: q,

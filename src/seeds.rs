@@ -1,0 +1,460 @@
+//! The seed corpus, written from Rust with [`Program::encode`].
+//!
+//! Together the seeds use every op kind, both in-flight contracts, both driver stop triggers
+//! and the host stop, every error policy, and rings that start just below the 16-bit wrap.
+//! `stopfuzz seeds` writes them to `corpus/<target>/seed-<name>`; a test checks the committed
+//! files are exactly these bytes, so a format change means regenerating them.
+
+use crate::backend::IoError;
+use crate::device::{ErrorPolicy, InflightPolicy};
+use crate::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};
+use crate::targets::Target;
+
+/// A named seed for a target.
+pub struct Seed {
+    pub target: Target,
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+fn config() -> Config {
+    Config {
+        queues: 1,
+        queue_size: 16,
+        inflight: InflightPolicy::Track,
+        trigger: Trigger::Suspend,
+        event_idx: true,
+        indirect: true,
+        flush: true,
+        ring_reset: true,
+        write_policy: ErrorPolicy::Enospc,
+        read_policy: ErrorPolicy::Report,
+        start_index: 0,
+        disk_sectors: 64,
+    }
+}
+
+fn submit(queue: u8, req: ReqType, shape: Shape, sector: u8, sectors: u8) -> Op {
+    Op::Submit {
+        queue,
+        req,
+        shape,
+        sector,
+        sectors,
+        seed: sector.wrapping_mul(7),
+    }
+}
+
+fn write(sector: u8) -> Op {
+    submit(0, ReqType::Write, Shape::Plain, sector, 1)
+}
+
+fn read(sector: u8) -> Op {
+    submit(0, ReqType::Read, Shape::Plain, sector, 1)
+}
+
+/// Publish, kick and poll queue 0.
+fn go() -> [Op; 3] {
+    [Op::Publish { queue: 0 }, Op::Kick { queue: 0 }, Op::Poll]
+}
+
+fn program(config: Config, ops: impl IntoIterator<Item = Op>) -> Vec<u8> {
+    Program {
+        config,
+        ops: ops.into_iter().collect(),
+    }
+    .encode()
+}
+
+/// The conforming scenarios; the hostile and snapshot targets start from them too.
+fn conforming() -> Vec<(&'static str, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    // Every request type in every shape, with out-of-order completion.
+    let mut ops = Vec::new();
+    for (i, shape) in [
+        Shape::Plain,
+        Shape::SplitData,
+        Shape::Indirect,
+        Shape::SplitHeader,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = 8 * i as u8;
+        ops.extend([
+            submit(0, ReqType::Write, shape, s, 2),
+            submit(0, ReqType::Read, shape, s + 4, 4),
+            submit(0, ReqType::Flush, shape, 0, 1),
+            submit(0, ReqType::GetId, shape, 0, 1),
+        ]);
+        ops.extend(go());
+        ops.extend([
+            Op::Complete { pick: 2 },
+            Op::Complete { pick: 0 },
+            Op::Poll,
+            Op::Settle,
+        ]);
+        ops.extend([Op::Reap { queue: 0 }, submit(0, ReqType::Read, shape, s, 2)]);
+        ops.extend(go());
+        ops.extend([Op::Settle, Op::Reap { queue: 0 }]);
+    }
+    seeds.push(("requests-every-shape", program(config(), ops)));
+
+    // The mailing-list thread: a 4-entry ring, out-of-order completion, slot reuse, then
+    // a stop and a migration with parked requests.
+    let thread = |migrate| {
+        let mut ops = vec![
+            submit(0, ReqType::Write, Shape::Indirect, 0, 1),
+            submit(0, ReqType::Write, Shape::Indirect, 1, 1),
+            submit(0, ReqType::Write, Shape::Indirect, 2, 1),
+            submit(0, ReqType::Write, Shape::Indirect, 3, 1),
+        ];
+        ops.extend(go());
+        ops.extend([
+            Op::Fail {
+                pick: 0,
+                error: IoError::NoSpace,
+            },
+            Op::Fail {
+                pick: 0,
+                error: IoError::NoSpace,
+            },
+            Op::Complete { pick: 1 },
+            Op::Complete { pick: 0 },
+            Op::Poll,
+            Op::Reap { queue: 0 },
+            submit(0, ReqType::Write, Shape::Indirect, 4, 1),
+            submit(0, ReqType::Write, Shape::Indirect, 5, 1),
+            Op::Publish { queue: 0 },
+            Op::Kick { queue: 0 },
+            Op::HostStop,
+            if migrate { Op::Migrate } else { Op::HostResume },
+            Op::Heal,
+            Op::Settle,
+        ]);
+        program(
+            Config {
+                queue_size: 4,
+                ..config()
+            },
+            ops,
+        )
+    };
+    seeds.push(("thread-example-resume", thread(false)));
+    seeds.push(("thread-example-migrate", thread(true)));
+
+    // Each contract under each driver trigger, stopped with requests in flight.
+    for (inflight, contract) in [
+        (InflightPolicy::Drain, "drain"),
+        (InflightPolicy::Track, "track"),
+    ] {
+        for (trigger, name) in [
+            (Trigger::Suspend, "suspend"),
+            (Trigger::StopBit, "stop-bit"),
+        ] {
+            let mut ops = vec![write(0), read(8), write(16)];
+            ops.extend(go());
+            ops.extend([
+                Op::DiskFull,
+                Op::Complete { pick: 0 },
+                Op::DriverStop,
+                Op::Complete { pick: 0 },
+                Op::Poll,
+                Op::Migrate,
+                Op::Heal,
+                Op::Poll,
+                Op::Settle,
+                Op::DriverResume,
+                Op::Settle,
+            ]);
+            let cfg = Config {
+                inflight,
+                trigger,
+                ..config()
+            };
+            let name: &'static str = match (contract, name) {
+                ("drain", "suspend") => "drain-suspend-inflight",
+                ("drain", _) => "drain-stop-bit-inflight",
+                (_, "suspend") => "track-suspend-inflight",
+                _ => "track-stop-bit-inflight",
+            };
+            seeds.push((name, program(cfg, ops)));
+        }
+    }
+
+    // The host stop: kicks while stopped are kept, buffers published while stopped run.
+    let mut ops = vec![Op::HostStop, write(0)];
+    ops.extend(go());
+    ops.extend([
+        write(1),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+    ]);
+    ops.extend([Op::HostStop, Op::HostResume, Op::Poll, Op::Settle]);
+    seeds.push(("host-stop-kicks-kept", program(config(), ops)));
+
+    // Every write and read policy, with ENOSPC and EIO.
+    for (w, r, name) in [
+        (ErrorPolicy::Report, ErrorPolicy::Report, "policy-report"),
+        (ErrorPolicy::Ignore, ErrorPolicy::Ignore, "policy-ignore"),
+        (ErrorPolicy::Stop, ErrorPolicy::Stop, "policy-stop"),
+        (ErrorPolicy::Enospc, ErrorPolicy::Report, "policy-enospc"),
+    ] {
+        let mut ops = vec![write(0), read(4), write(8), read(12)];
+        ops.extend(go());
+        ops.extend([
+            Op::Fail {
+                pick: 0,
+                error: IoError::NoSpace,
+            },
+            Op::Fail {
+                pick: 0,
+                error: IoError::Io,
+            },
+            Op::DiskFull,
+            Op::Complete { pick: 0 },
+            Op::Poll,
+            Op::Heal,
+            Op::Poll,
+            Op::Settle,
+            Op::Reap { queue: 0 },
+        ]);
+        let cfg = Config {
+            write_policy: w,
+            read_policy: r,
+            ..config()
+        };
+        seeds.push((name, program(cfg, ops)));
+    }
+
+    // Rings starting just below 65535, crossed with requests in flight, and migrated there.
+    let mut ops = Vec::new();
+    for i in 0..12u8 {
+        ops.extend([write(i * 2), read(i * 2 + 1)]);
+        ops.extend(go());
+        ops.extend([Op::Complete { pick: 1 }, Op::Poll]);
+        if i % 4 == 0 {
+            ops.push(Op::Migrate);
+        }
+        ops.extend([Op::Settle, Op::Reap { queue: 0 }]);
+    }
+    seeds.push((
+        "near-wrap",
+        program(
+            Config {
+                start_index: 0xfff0,
+                queue_size: 8,
+                ..config()
+            },
+            ops,
+        ),
+    ));
+
+    // Resets with requests in flight and parked.
+    let mut ops = vec![write(0), write(4), read(8)];
+    ops.extend(go());
+    ops.extend([
+        Op::Fail {
+            pick: 0,
+            error: IoError::NoSpace,
+        },
+        Op::Poll,
+        Op::QueueReset { queue: 0 },
+        Op::Complete { pick: 0 },
+        Op::Poll,
+        write(12),
+    ]);
+    ops.extend(go());
+    ops.extend([Op::DeviceReset, Op::Settle, write(16)]);
+    ops.extend(go());
+    ops.extend([Op::Settle]);
+    seeds.push(("resets-inflight-and-parked", program(config(), ops)));
+
+    // Four queues, no EVENT_IDX (the flags rule), STOP bit, Drain.
+    let mut ops = Vec::new();
+    for q in 0..4u8 {
+        ops.extend([
+            submit(q, ReqType::Write, Shape::Plain, q * 4, 2),
+            Op::Publish { queue: q },
+            Op::Kick { queue: q },
+        ]);
+    }
+    ops.extend([
+        Op::Poll,
+        Op::Complete { pick: 3 },
+        Op::Complete { pick: 1 },
+        Op::Poll,
+    ]);
+    ops.extend([Op::DriverStop, Op::Settle, Op::DriverResume, Op::Settle]);
+    for q in 0..4u8 {
+        ops.push(Op::Reap { queue: q });
+    }
+    seeds.push((
+        "multiqueue-flags-rule",
+        program(
+            Config {
+                queues: 4,
+                event_idx: false,
+                indirect: false,
+                trigger: Trigger::StopBit,
+                inflight: InflightPolicy::Drain,
+                write_policy: ErrorPolicy::Report,
+                ..config()
+            },
+            ops,
+        ),
+    ));
+    seeds
+}
+
+/// Hostile scenarios: each hostile op after a little conforming traffic.
+fn hostile() -> Vec<(&'static str, Vec<u8>)> {
+    let prefix = || {
+        let mut ops = vec![write(0), read(4)];
+        ops.extend(go());
+        ops
+    };
+    let with = |tail: Vec<Op>| {
+        let mut ops = prefix();
+        ops.extend(tail);
+        ops.extend([Op::Settle, Op::DeviceReset, write(8)]);
+        ops.extend(go());
+        ops.push(Op::Settle);
+        program(config(), ops)
+    };
+    let mut seeds = Vec::new();
+    for (jump, name) in [
+        (Jump::Back, "avail-jump-back"),
+        (Jump::Ahead, "avail-jump-ahead"),
+        (Jump::Wrap, "avail-jump-wrap"),
+    ] {
+        seeds.push((
+            name,
+            with(vec![
+                Op::AvailJump {
+                    queue: 0,
+                    jump,
+                    n: 1,
+                },
+                Op::Poll,
+            ]),
+        ));
+    }
+    seeds.push((
+        "rewrite-avail",
+        with(vec![
+            Op::Complete { pick: 0 },
+            Op::Poll,
+            Op::RewriteAvail {
+                queue: 0,
+                slot: 0,
+                head: 3,
+            },
+            Op::RewriteAvail {
+                queue: 0,
+                slot: 2,
+                head: 200,
+            },
+            Op::AvailJump {
+                queue: 0,
+                jump: Jump::Back,
+                n: 0,
+            },
+            Op::Poll,
+        ]),
+    ));
+    for (how, name) in [
+        (Corruption::Loop, "corrupt-loop"),
+        (Corruption::Address, "corrupt-address"),
+        (Corruption::Length, "corrupt-length"),
+        (Corruption::NestedIndirect, "corrupt-nested-indirect"),
+        (Corruption::Flags, "corrupt-flags"),
+        (Corruption::Next, "corrupt-next"),
+    ] {
+        seeds.push((
+            name,
+            with(vec![
+                write(12),
+                Op::CorruptDesc {
+                    queue: 0,
+                    index: 2,
+                    how,
+                },
+                Op::Publish { queue: 0 },
+                Op::Kick { queue: 0 },
+                Op::Poll,
+            ]),
+        ));
+    }
+    seeds.push((
+        "submit-while-suspended",
+        with(vec![
+            Op::DriverStop,
+            Op::ForceSubmit {
+                queue: 0,
+                req: ReqType::Write,
+                sector: 20,
+            },
+            Op::Poll,
+            Op::DriverResume,
+            Op::Poll,
+        ]),
+    ));
+    seeds
+}
+
+/// Snapshot scenarios: mutations of a snapshot with parked requests, and raw bytes.
+fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
+    let parked = conforming()
+        .into_iter()
+        .find(|(n, _)| *n == "thread-example-resume")
+        .map(|(_, b)| b)
+        .unwrap();
+    let mutate = |flips: &[(u16, u8)], program: &[u8]| {
+        let mut out = vec![0, flips.len().saturating_sub(1) as u8];
+        for &(offset, value) in flips {
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.push(value);
+        }
+        out.extend_from_slice(program);
+        out
+    };
+    let raw = |bytes: &[u8]| [&[1u8][..], bytes].concat();
+    vec![
+        ("unchanged-after-thread-example", mutate(&[(0, 0)], &parked)),
+        // next_avail of queue 0 (offset 54): inuse no longer matches the records.
+        ("next-avail-off-by-one", mutate(&[(54, 1)], &parked)),
+        // The record count (offset 59) and a record head.
+        (
+            "record-count-and-head",
+            mutate(&[(59, 2), (63, 0x80)], &parked),
+        ),
+        (
+            "status-and-features",
+            mutate(&[(17, 0x40), (22, 0x10)], &parked),
+        ),
+        ("empty", raw(&[])),
+        ("magic-only", raw(b"SFBK")),
+        ("wrong-version", raw(&[b'S', b'F', b'B', b'K', 9, 1, 0])),
+    ]
+}
+
+/// Every seed, for every target.
+pub fn seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    for (target, list) in [
+        (Target::BlkConforming, conforming()),
+        (Target::BlkHostile, [conforming(), hostile()].concat()),
+        (Target::Snapshot, snapshot()),
+    ] {
+        for (name, bytes) in list {
+            out.push(Seed {
+                target,
+                name,
+                bytes,
+            });
+        }
+    }
+    out
+}

@@ -82,6 +82,11 @@ impl MemDisk {
         &self.image
     }
 
+    /// How many I/Os were ever submitted: the next tag.
+    pub fn submitted(&self) -> IoTag {
+        self.next_tag
+    }
+
     /// Outstanding I/O in submission order.
     pub fn outstanding(&self) -> impl Iterator<Item = (IoTag, &Io)> {
         self.outstanding.iter().map(|(tag, io)| (*tag, io))

@@ -205,15 +205,18 @@ fn setup_failure(v: Option<Violation>, traced: bool) -> Report {
     }
 }
 
-/// What the oracle sees of the device at one moment.
+const QUEUES: usize = crate::device::MAX_QUEUES as usize;
+
+/// What the oracle sees of the device at one moment. Fixed arrays: this is built twice
+/// per device call.
 #[derive(Clone, Debug)]
 struct View {
     status: u8,
     host: StopState,
-    /// Per active queue: (next_avail, next_used), with introspection.
-    position: Vec<Option<(u16, u16)>>,
-    avail: Vec<u16>,
-    used: Vec<u16>,
+    /// Per queue: (next_avail, next_used), with introspection.
+    position: [Option<(u16, u16)>; QUEUES],
+    avail: [u16; QUEUES],
+    used: [u16; QUEUES],
 }
 
 /// One program's run.
@@ -290,7 +293,8 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
             mem,
             dev,
             disk: MemDisk::new(u64::from(cfg.disk_sectors)),
-            driver: Driver::new(mem.mem(), features, queues, cfg.queue_size, 0),
+            // Guest memory was just reset: the rings are zeros.
+            driver: Driver::new(mem.mem(), features, queues, cfg.queue_size, 0, false),
             model: Model::new(
                 u64::from(cfg.disk_sectors),
                 cfg.write_policy,
@@ -335,8 +339,7 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
 
     /// virtio initialization: status sequence, features, queues, DRIVER_OK.
     fn initialize(&mut self) -> Check {
-        let (features, size) = (self.features, self.cfg.queue_size);
-        self.driver = Driver::new(self.gm(), features, self.queues(), size, 0);
+        let features = self.features;
         self.call(|d, _, _| d.write_status(S_ACKNOWLEDGE))?;
         self.call(|d, _, _| d.write_status(S_ACKNOWLEDGE | S_DRIVER))?;
         self.call(|d, _, _| d.set_driver_features(features))?;
@@ -387,7 +390,8 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
             q.next_used = start;
         }
         let (features, size) = (self.features, self.cfg.queue_size);
-        self.driver = Driver::new(self.gm(), features, self.queues(), size, start);
+        // Nothing has run on the rings yet: they are zeros.
+        self.driver = Driver::new(self.gm(), features, self.queues(), size, start, false);
         match self.dev.restored(&snap.encode(), self.gm()) {
             Ok(dev) => self.dev = dev,
             Err(e) => {
@@ -409,21 +413,21 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
             let before = self.trace.as_ref().map(|t| t.lines.len());
             let result = self.apply(op);
             self.digest.bytes(&op.encode());
-            self.end_step(&format!("{op:?}"), before);
+            self.end_step(|| format!("{op:?}"), before);
             result?;
         }
         self.step = ops.len() + 1;
         let before = self.trace.as_ref().map(|t| t.lines.len());
         let result = self.finish();
         self.end_step(
-            "liveness: heal, resume, run everything to completion",
+            || "liveness: heal, resume, run everything to completion".into(),
             before,
         );
         result
     }
 
     /// Hashes the step's effects; renders the step line ahead of its notes.
-    fn end_step(&mut self, text: &str, notes_from: Option<usize>) {
+    fn end_step(&mut self, text: impl FnOnce() -> String, notes_from: Option<usize>) {
         let mut effects = [0u8; 8];
         effects[0] = self.dev.read_status();
         effects[1] = self.disk.outstanding().count() as u8;
@@ -432,7 +436,8 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
         }
         self.digest.bytes(&effects);
         if let (Some(t), Some(from)) = (self.trace.as_mut(), notes_from) {
-            t.lines.insert(from, format!("{:>4}  {text}", self.step));
+            t.lines
+                .insert(from, format!("{:>4}  {}", self.step, text()));
             let io = self.disk.outstanding().count();
             let used: Vec<String> = self
                 .driver
@@ -489,28 +494,29 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
 
     // ---- Observing device calls.
 
-    fn view(&self) -> View {
+    /// The device and the rings now. Avail idx comes from the driver, its only writer (the
+    /// write log holds the device to that); `used` is read only when `read_used`, since it
+    /// cannot move in a call that wrote nothing.
+    fn view(&self, used: Option<[u16; QUEUES]>) -> View {
         let introspection = self.dev.capabilities().introspection;
-        let queues = self.queues();
-        View {
+        let mut view = View {
             status: self.dev.read_status(),
             host: self.dev.host_stop_state(),
-            position: (0..queues)
-                .map(|q| introspection.then(|| self.dev.ring_position(q)).flatten())
-                .collect(),
-            avail: self
-                .driver
-                .queues
-                .iter()
-                .map(|dq| read16(self.gm(), dq.avail + 2))
-                .collect(),
-            used: self
-                .driver
-                .queues
-                .iter()
-                .map(|dq| read16(self.gm(), dq.used + 2))
-                .collect(),
+            position: [None; QUEUES],
+            avail: [0; QUEUES],
+            used: [0; QUEUES],
+        };
+        for (i, dq) in self.driver.queues.iter().enumerate() {
+            if introspection {
+                view.position[i] = self.dev.ring_position(i as u16);
+            }
+            view.avail[i] = dq.published;
+            view.used[i] = match used {
+                Some(used) => used[i],
+                None => read16(self.gm(), dq.used + 2),
+            };
         }
+        view
     }
 
     fn driver_acked(&self, status: u8) -> bool {
@@ -559,9 +565,8 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
             self.last_interrupts = self.dev.take_interrupts();
             return Ok(());
         }
-        let before = self.view();
-        let io_before: Vec<IoTag> = self.disk.outstanding().map(|(t, _)| t).collect();
-        let allowed = self.allowed_writes();
+        let before = self.view(None);
+        let submitted = self.disk.submitted();
         let checkpoint = self.mem.checkpoint();
         f(&mut self.dev, self.mem.mem(), &mut self.disk);
         let writes: Vec<(u64, u32)> = self.mem.writes_since(checkpoint).collect();
@@ -570,11 +575,11 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
         let new_io: Vec<(IoTag, Io)> = self
             .disk
             .outstanding()
-            .filter(|(t, _)| !io_before.contains(t))
+            .filter(|(t, _)| *t >= submitted)
             .map(|(t, io)| (t, io.clone()))
             .collect();
-        let after = self.view();
-        self.check_call(&before, &after, &writes, interrupts, &new_io, &allowed)
+        let after = self.view(writes.is_empty().then_some(before.used));
+        self.check_call(&before, &after, &writes, interrupts, &new_io)
     }
 
     fn check_call(
@@ -584,7 +589,6 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
         writes: &[(u64, u32)],
         interrupts: Interrupts,
         new_io: &[(IoTag, Io)],
-        allowed: &[std::ops::Range<u64>],
     ) -> Check {
         let activity = Activity {
             writes: writes.len(),
@@ -601,7 +605,11 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
         if self.foreign {
             return Ok(());
         }
-        always::write_confined(writes, allowed)?;
+        if !writes.is_empty() {
+            // The model has not yet seen this call's completions: these are the buffers
+            // the device held when the call began.
+            always::write_confined(writes, &self.allowed_writes())?;
+        }
         if after.status & S_NEEDS_RESET != 0 && self.mode == Mode::Hostile {
             self.scenarios.set(Scenarios::NEEDS_RESET_HOSTILE);
         }
@@ -628,7 +636,11 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
                     self.scenarios.set(Scenarios::WRAP_INFLIGHT);
                 }
             }
-            let elems = self.driver.observe(self.gm(), q);
+            let elems = if after.used[i] == self.driver.queues[i].observed {
+                Vec::new()
+            } else {
+                self.driver.observe(self.gm(), q, after.used[i])
+            };
             let ids: Vec<u32> = elems.iter().map(|e| e.id).collect();
             always::used_monotone(q, before.used[i], after.used[i], size, &ids)?;
             if self.conforming() {
@@ -805,6 +817,8 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
                     self.hostile = false;
                     self.model.disk.copy_from_slice(self.disk.image());
                 }
+                let (features, size) = (self.features, self.cfg.queue_size);
+                self.driver = Driver::new(self.gm(), features, self.queues(), size, 0, true);
                 self.initialize()
             }
             Op::Settle => self.settle(),

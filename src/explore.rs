@@ -157,6 +157,9 @@ fn mix(seed: u64, index: u64) -> u64 {
     d.value()
 }
 
+/// Indices a worker claims at a time: one channel message per claim, not per execution.
+const CLAIM: u64 = 16;
+
 /// One execution's result, sent from a worker.
 struct Done {
     index: u64,
@@ -170,7 +173,7 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
     let start = Instant::now();
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
-    let (tx, rx) = mpsc::channel::<Done>();
+    let (tx, rx) = mpsc::channel::<Vec<Done>>();
     let mut summary = Summary::default();
     let mut digest = Digest::default();
     std::thread::scope(|scope| {
@@ -179,22 +182,26 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
             let (next, stop) = (&next, &stop);
             scope.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if let Budget::Execs(n) = opts.budget
-                        && index >= n
-                    {
+                    let first = next.fetch_add(CLAIM, Ordering::Relaxed);
+                    let end = match opts.budget {
+                        Budget::Execs(n) => (first + CLAIM).min(n),
+                        Budget::Seconds(_) => first + CLAIM,
+                    };
+                    if first >= end {
                         break;
                     }
-                    let input = input(opts.target, opts.seed, index);
-                    let report = opts.target.run_with(&input, false, opts.oracle);
-                    if tx
-                        .send(Done {
-                            index,
-                            input,
-                            report,
+                    let batch = (first..end)
+                        .map(|index| {
+                            let input = input(opts.target, opts.seed, index);
+                            let report = opts.target.run_with(&input, false, opts.oracle);
+                            Done {
+                                index,
+                                input,
+                                report,
+                            }
                         })
-                        .is_err()
-                    {
+                        .collect();
+                    if tx.send(batch).is_err() {
                         break;
                     }
                 }
@@ -205,8 +212,10 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
         let mut last_progress = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(done) => {
-                    pending.insert(done.index, done);
+                Ok(batch) => {
+                    for done in batch {
+                        pending.insert(done.index, done);
+                    }
                     while let Some(done) = pending.remove(&summary.execs) {
                         fold(&mut summary, &mut digest, done, opts);
                         if summary.first.is_none() && summary.findings > 0 {

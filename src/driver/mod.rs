@@ -110,13 +110,21 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
 }
 
 impl Driver {
-    /// Fresh rings for `queues` queues of `size` entries, indices at `start`. Writes the
-    /// rings' initial contents (zeros, and `start` as both ring indices).
-    pub fn new<M: GuestMemory>(mem: &M, features: u64, queues: u16, size: u16, start: u16) -> Self {
+    /// Fresh rings for `queues` queues of `size` entries, indices at `start`. `dirty` says
+    /// the ring memory may hold old contents; a freshly reset guest memory is all zeros
+    /// and needs only the indices written.
+    pub fn new<M: GuestMemory>(
+        mem: &M,
+        features: u64,
+        queues: u16,
+        size: u16,
+        start: u16,
+        dirty: bool,
+    ) -> Self {
         let queues = (0..queues)
             .map(|q| {
                 let dq = DriverQueue::new(q, size, start);
-                clear_ring(mem, &dq, start);
+                set_up_ring(mem, &dq, start, dirty);
                 dq
             })
             .collect();
@@ -131,7 +139,7 @@ impl Driver {
     pub fn reset_queue<M: GuestMemory>(&mut self, mem: &M, q: u16) {
         let size = self.queues[usize::from(q)].size;
         let dq = DriverQueue::new(q, size, 0);
-        clear_ring(mem, &dq, 0);
+        set_up_ring(mem, &dq, 0, true);
         self.queues[usize::from(q)] = dq;
     }
 
@@ -269,9 +277,9 @@ impl Driver {
         read16(mem, self.queues[usize::from(q)].used + 2)
     }
 
-    /// Reads used entries not read before, at most a ring's worth. They wait for `reap`.
-    pub fn observe<M: GuestMemory>(&mut self, mem: &M, q: u16) -> Vec<UsedElem> {
-        let used_idx = self.used_idx(mem, q);
+    /// Reads used entries up to `used_idx` not read before, at most a ring's worth. They
+    /// wait for `reap`.
+    pub fn observe<M: GuestMemory>(&mut self, mem: &M, q: u16, used_idx: u16) -> Vec<UsedElem> {
         let dq = &mut self.queues[usize::from(q)];
         let count = used_idx.wrapping_sub(dq.observed).min(dq.size);
         let mut out = Vec::with_capacity(usize::from(count));
@@ -341,13 +349,25 @@ impl Driver {
 
 const VRING_USED_F_NO_NOTIFY: u16 = 1;
 
-fn clear_ring<M: GuestMemory>(mem: &M, dq: &DriverQueue, start: u16) {
-    write(mem, dq.desc, &vec![0u8; 16 * usize::from(dq.size)]);
-    write(mem, dq.avail, &vec![0u8; 6 + 2 * usize::from(dq.size)]);
-    write(mem, dq.used, &vec![0u8; 6 + 8 * usize::from(dq.size)]);
-    write(mem, dq.avail + 2, &start.to_le_bytes());
-    write(mem, dq.used + 2, &start.to_le_bytes());
-    write(mem, dq.used_event_addr(), &start.to_le_bytes());
+/// Zeroes a ring that may hold old contents, and puts every index (avail idx, used idx,
+/// used_event, avail_event) at `start`.
+fn set_up_ring<M: GuestMemory>(mem: &M, dq: &DriverQueue, start: u16, dirty: bool) {
+    if dirty {
+        write(mem, dq.desc, &vec![0u8; 16 * usize::from(dq.size)]);
+        write(mem, dq.avail, &vec![0u8; 6 + 2 * usize::from(dq.size)]);
+        write(mem, dq.used, &vec![0u8; 6 + 8 * usize::from(dq.size)]);
+    }
+    if dirty || start != 0 {
+        let idx = start.to_le_bytes();
+        for at in [
+            dq.avail + 2,
+            dq.used + 2,
+            dq.used_event_addr(),
+            dq.avail_event_addr(),
+        ] {
+            write(mem, at, &idx);
+        }
+    }
 }
 
 pub fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {

@@ -1070,12 +1070,9 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
         if acked_since { before } else { now }
     }
 
-    /// Stop, wait for the acknowledgement, save, restore into a fresh device, resume. A
-    /// stop that is not acknowledged, or a save or restore that fails, aborts the migration
-    /// and the source carries on.
-    fn migrate(&mut self) -> Check {
-        let status = self.dev.read_status();
-        let was_running = self.dev.host_stop_state() == StopState::Running;
+    /// A host stop, then what a VMM does to get the acknowledgement: let the disk finish
+    /// its I/O and the device run. Under Drain a parked request can still withhold it.
+    fn host_stop_and_wait(&mut self) -> Check {
         self.call(|d, _, _| d.host_stop())?;
         for _ in 0..4 {
             if self.dev.host_stop_state() == StopState::Stopped {
@@ -1084,6 +1081,16 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
             self.complete_all_io();
             self.poll()?;
         }
+        Ok(())
+    }
+
+    /// Stop, wait for the acknowledgement, save, restore into a fresh device, resume. A
+    /// stop that is not acknowledged, or a save or restore that fails, aborts the migration
+    /// and the source carries on.
+    fn migrate(&mut self) -> Check {
+        let status = self.dev.read_status();
+        let was_running = self.dev.host_stop_state() == StopState::Running;
+        self.host_stop_and_wait()?;
         let bytes = match self.dev.host_stop_state() {
             StopState::Stopped => self.dev.save().map_err(|e| e.to_string()),
             _ => Err("the stop was not acknowledged".into()),
@@ -1177,14 +1184,7 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
     /// Stops and saves the device, edits the snapshot, and restores it into a fresh device.
     /// An accepted snapshot must be consistent, save back to the same bytes, and run.
     fn snapshot_phase(&mut self, edit: &SnapshotEdit) -> Check {
-        self.call(|d, _, _| d.host_stop())?;
-        for _ in 0..4 {
-            if self.dev.host_stop_state() == StopState::Stopped {
-                break;
-            }
-            self.complete_all_io();
-            self.poll()?;
-        }
+        self.host_stop_and_wait()?;
         let bytes = match edit {
             SnapshotEdit::Replace(bytes) => bytes.clone(),
             SnapshotEdit::Mutate(flips) => {

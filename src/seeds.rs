@@ -66,6 +66,50 @@ fn program(config: Config, ops: impl IntoIterator<Item = Op>) -> Vec<u8> {
     .encode()
 }
 
+/// The mailing-list thread's example: four writes on a 4-entry ring; A and B park on
+/// ENOSPC, C and D complete out of order; E and F reuse the freed heads and overwrite avail
+/// slots 0 and 1; then a host stop and a resume (or a migration with the parked requests).
+/// A device that rewinds `last_avail_idx` to the used idx loses A and B and runs E and F
+/// twice.
+pub fn thread_example(migrate: bool) -> Program {
+    let mut ops = vec![
+        submit(0, ReqType::Write, Shape::Indirect, 0, 1),
+        submit(0, ReqType::Write, Shape::Indirect, 1, 1),
+        submit(0, ReqType::Write, Shape::Indirect, 2, 1),
+        submit(0, ReqType::Write, Shape::Indirect, 3, 1),
+    ];
+    ops.extend(go());
+    ops.extend([
+        Op::Fail {
+            pick: 0,
+            error: IoError::NoSpace,
+        },
+        Op::Fail {
+            pick: 0,
+            error: IoError::NoSpace,
+        },
+        Op::Complete { pick: 1 },
+        Op::Complete { pick: 0 },
+        Op::Poll,
+        Op::Reap { queue: 0 },
+        submit(0, ReqType::Write, Shape::Indirect, 4, 1),
+        submit(0, ReqType::Write, Shape::Indirect, 5, 1),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::HostStop,
+        if migrate { Op::Migrate } else { Op::HostResume },
+        Op::Heal,
+        Op::Settle,
+    ]);
+    Program {
+        config: Config {
+            queue_size: 4,
+            ..config()
+        },
+        ops,
+    }
+}
+
 /// The conforming scenarios; the hostile and snapshot targets start from them too.
 fn conforming() -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds = Vec::new();
@@ -100,48 +144,8 @@ fn conforming() -> Vec<(&'static str, Vec<u8>)> {
     }
     seeds.push(("requests-every-shape", program(config(), ops)));
 
-    // The mailing-list thread: a 4-entry ring, out-of-order completion, slot reuse, then
-    // a stop and a migration with parked requests.
-    let thread = |migrate| {
-        let mut ops = vec![
-            submit(0, ReqType::Write, Shape::Indirect, 0, 1),
-            submit(0, ReqType::Write, Shape::Indirect, 1, 1),
-            submit(0, ReqType::Write, Shape::Indirect, 2, 1),
-            submit(0, ReqType::Write, Shape::Indirect, 3, 1),
-        ];
-        ops.extend(go());
-        ops.extend([
-            Op::Fail {
-                pick: 0,
-                error: IoError::NoSpace,
-            },
-            Op::Fail {
-                pick: 0,
-                error: IoError::NoSpace,
-            },
-            Op::Complete { pick: 1 },
-            Op::Complete { pick: 0 },
-            Op::Poll,
-            Op::Reap { queue: 0 },
-            submit(0, ReqType::Write, Shape::Indirect, 4, 1),
-            submit(0, ReqType::Write, Shape::Indirect, 5, 1),
-            Op::Publish { queue: 0 },
-            Op::Kick { queue: 0 },
-            Op::HostStop,
-            if migrate { Op::Migrate } else { Op::HostResume },
-            Op::Heal,
-            Op::Settle,
-        ]);
-        program(
-            Config {
-                queue_size: 4,
-                ..config()
-            },
-            ops,
-        )
-    };
-    seeds.push(("thread-example-resume", thread(false)));
-    seeds.push(("thread-example-migrate", thread(true)));
+    seeds.push(("thread-example-resume", thread_example(false).encode()));
+    seeds.push(("thread-example-migrate", thread_example(true).encode()));
 
     // Each contract under each driver trigger, stopped with requests in flight.
     for (inflight, contract) in [

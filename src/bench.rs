@@ -215,7 +215,7 @@ pub fn table(results: &[(Mutant, Vec<Attempt>)]) -> (Vec<String>, String) {
             m.name(),
             target_for(*m).name(),
             attempts.len(),
-            median_time.map_or("miss".into(), |t| format!("{:.2} s", t.as_secs_f64())),
+            median_time.map_or("miss".into(), |t| format!("{:.3} s", t.as_secs_f64())),
             execs
                 .get(execs.len() / 2)
                 .map_or("-".into(), |e| e.to_string()),
@@ -227,11 +227,12 @@ pub fn table(results: &[(Mutant, Vec<Attempt>)]) -> (Vec<String>, String) {
         ));
     }
     medians.sort();
+    // The median over all mutants, a missed one counting as never.
     let overall = medians
-        .get(medians.len() / 2)
-        .map_or(f64::NAN, |t| t.as_secs_f64());
+        .get(results.len() / 2)
+        .map_or("inf".to_string(), |t| format!("{:.3}", t.as_secs_f64()));
     let summary = format!(
-        "summary: mutants={} found={} median_s={overall:.2}",
+        "summary: mutants={} found={} median_s={overall}",
         results.len(),
         medians.len()
     );

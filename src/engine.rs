@@ -144,21 +144,25 @@ impl Engine {
         edit: Option<&SnapshotEdit>,
         traced: bool,
     ) -> Report {
-        self.mem.reset();
         let checks = self.oracle == OracleLevel::Full;
-        let mut run = match Run::<D>::new(&self.mem, program, mode, traced, checks) {
-            Ok(run) => run,
-            Err(v) => return setup_failure(checks.then_some(v), traced),
+        let report = match Run::<D>::new(&self.mem, program, mode, traced, checks) {
+            Err(v) => setup_failure(checks.then_some(v), traced),
+            Ok(mut run) => {
+                let mut result = run.execute(&program.ops);
+                if let (Ok(()), Some(edit)) = (&result, edit) {
+                    run.step += 1;
+                    result = run.snapshot_phase(edit);
+                }
+                if !checks {
+                    result = Ok(());
+                }
+                run.report(result)
+            }
         };
-        let mut result = run.execute(&program.ops);
-        if let (Ok(()), Some(edit)) = (&result, edit) {
-            run.step += 1;
-            result = run.snapshot_phase(edit);
-        }
-        if !checks {
-            result = Ok(());
-        }
-        run.report(result)
+        // Zero what this run wrote now rather than before the next one, so a run's work,
+        // and the coverage a fuzzer sees, depend on its own input alone.
+        self.mem.reset();
+        report
     }
 }
 
@@ -178,7 +182,9 @@ impl Engine {
                 break;
             }
         }
-        run.draw_rings()
+        let rings = run.draw_rings();
+        self.mem.reset();
+        rings
     }
 }
 

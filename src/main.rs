@@ -64,6 +64,12 @@ enum Command {
         /// Worker threads for the explorer (default: every core).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Where the libFuzzer binaries built with the mutants feature are.
+        #[arg(
+            long,
+            default_value = "target/fuzz-mutants/x86_64-unknown-linux-gnu/release"
+        )]
+        fuzz_bin: PathBuf,
     },
     /// Write the seed corpus (corpus/<target>/seed-<name>), checking each seed passes.
     Seeds {
@@ -119,7 +125,8 @@ fn main() -> ExitCode {
             engine,
             oracle,
             jobs,
-        } => bench(seconds, seeds, &engine, oracle, jobs),
+            fuzz_bin,
+        } => bench(seconds, seeds, &engine, oracle, jobs, fuzz_bin),
     }
 }
 
@@ -227,7 +234,7 @@ fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -
 }
 
 #[cfg(not(feature = "mutants"))]
-fn bench(_: u64, _: u64, _: &str, _: OracleLevel, _: Option<usize>) -> ExitCode {
+fn bench(_: u64, _: u64, _: &str, _: OracleLevel, _: Option<usize>, _: PathBuf) -> ExitCode {
     eprintln!(
         "stopfuzz bench needs the planted bugs: cargo run --release --features mutants -- bench"
     );
@@ -241,6 +248,7 @@ fn bench(
     engine: &str,
     oracle: OracleLevel,
     jobs: Option<usize>,
+    fuzz_bin_dir: PathBuf,
 ) -> ExitCode {
     use stopfuzz::bench::{self, BenchOptions, Engine};
     let engine = match engine {
@@ -251,10 +259,9 @@ fn bench(
             return ExitCode::from(2);
         }
     };
-    let fuzz_bin_dir = PathBuf::from("fuzz/target/x86_64-unknown-linux-gnu/release");
     if engine == Engine::LibFuzzer && !fuzz_bin_dir.join("blk_conforming").exists() {
         eprintln!(
-            "stopfuzz: no libFuzzer binaries in {}; build them with\n  cargo fuzz build --sanitizer none --features mutants",
+            "stopfuzz: no libFuzzer binaries in {}; build them with\n  cargo fuzz build --sanitizer none --features mutants --target-dir target/fuzz-mutants",
             fuzz_bin_dir.display()
         );
         return ExitCode::from(2);

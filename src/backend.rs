@@ -20,13 +20,6 @@ pub enum Io {
     Flush,
 }
 
-impl Io {
-    /// Whether the I/O falls under the write error policy (writes and flushes, as in QEMU).
-    pub fn is_write(&self) -> bool {
-        !matches!(self, Io::Read { .. })
-    }
-}
-
 /// How an I/O can fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoError {

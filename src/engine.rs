@@ -1263,18 +1263,6 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
 
     // ---- For tools.
 
-    pub fn memory(&self) -> &'m GuestMemoryMmap<WriteLog> {
-        self.gm()
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
-    pub fn scenario(&mut self, flag: u8) {
-        self.scenarios.set(flag);
-    }
-
     /// Draws every ring like the mailing-list thread does.
     pub fn draw_rings(&self) -> String {
         let mut out = String::new();

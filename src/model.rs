@@ -55,14 +55,6 @@ impl Request {
         self.sector..self.sector + self.sectors
     }
 
-    pub fn uses_disk(&self, flush: bool) -> bool {
-        match self.kind {
-            ReqType::Read | ReqType::Write => true,
-            ReqType::Flush => flush,
-            ReqType::GetId => false,
-        }
-    }
-
     pub fn is_open(&self) -> bool {
         matches!(self.state, ReqState::Staged | ReqState::Published)
     }
@@ -206,10 +198,6 @@ impl Model {
     pub fn io_started(&mut self, tag: IoTag, id: ReqId) {
         self.by_io.insert(tag, id);
         self.requests[id].io = Some(tag);
-    }
-
-    pub fn io_owner(&self, tag: IoTag) -> Option<ReqId> {
-        self.by_io.get(&tag).copied()
     }
 
     /// The disk finished `tag`: a write lands with the driver's data (what a correct device

@@ -77,15 +77,6 @@ impl DriverQueue {
         }
     }
 
-    pub fn free_count(&self) -> usize {
-        self.free.len()
-    }
-
-    /// Whether `head` names an outstanding chain.
-    pub fn is_outstanding(&self, head: u16) -> bool {
-        self.chains.contains_key(&head)
-    }
-
     fn used_event_addr(&self) -> u64 {
         self.avail + 4 + 2 * u64::from(self.size)
     }
@@ -270,11 +261,6 @@ impl Driver {
         } else {
             read16(mem, dq.used) & VRING_USED_F_NO_NOTIFY == 0
         }
-    }
-
-    /// The used ring's idx as the device last wrote it.
-    pub fn used_idx<M: GuestMemory>(&self, mem: &M, q: u16) -> u16 {
-        read16(mem, self.queues[usize::from(q)].used + 2)
     }
 
     /// Reads used entries up to `used_idx` not read before, at most a ring's worth. They

@@ -638,7 +638,7 @@ impl<'m, D: DeviceUnderTest> Run<'m, D> {
                     let window = before.avail[i].wrapping_sub(b.0);
                     always::avail_window(q, window, size, (b.0, a.0))?;
                 }
-                if self.open_inflight() && (a.0 < b.0 || after.used[i] < before.used[i]) {
+                if (a.0 < b.0 || after.used[i] < before.used[i]) && self.open_inflight() {
                     self.scenarios.set(Scenarios::WRAP_INFLIGHT);
                 }
             }

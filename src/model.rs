@@ -225,6 +225,15 @@ impl Model {
         });
     }
 
+    /// The error policy for a request: rerror for reads, werror for writes and flushes.
+    pub fn policy_for(&self, kind: ReqType) -> ErrorPolicy {
+        if kind == ReqType::Read {
+            self.read_policy
+        } else {
+            self.write_policy
+        }
+    }
+
     /// What the request's completion must look like now, or why it may not complete yet.
     pub fn expected(&self, id: ReqId) -> Result<Expected, NotYet> {
         let r = &self.requests[id];
@@ -253,28 +262,35 @@ impl Model {
                 Ok(ok(data.len() as u32 + 1, Some(data.clone())))
             }
             Some(Attempt::Succeeded { .. }) => Ok(ok(1, None)),
-            Some(Attempt::Failed(e)) => {
-                let policy = if r.kind == ReqType::Read {
-                    self.read_policy
-                } else {
-                    self.write_policy
-                };
-                match reaction(policy, *e) {
-                    Reaction::Report => Ok(Expected {
-                        status: crate::device::bits::BLK_S_IOERR,
-                        len: 1,
-                        data: None,
-                    }),
-                    Reaction::Ignore => Ok(ok(1, None)),
-                    Reaction::Park => Err(NotYet::Parked),
-                }
-            }
+            Some(Attempt::Failed(e)) => match reaction(self.policy_for(r.kind), *e) {
+                Reaction::Report => Ok(Expected {
+                    status: crate::device::bits::BLK_S_IOERR,
+                    len: 1,
+                    data: None,
+                }),
+                Reaction::Ignore => Ok(ok(1, None)),
+                Reaction::Park => Err(NotYet::Parked),
+            },
         }
     }
 
     /// Whether the request waits, parked, for a retry.
     pub fn is_parked(&self, id: ReqId) -> bool {
-        self.expected(id) == Err(NotYet::Parked)
+        self.parked_by(id).is_some()
+    }
+
+    /// The error a request is parked on: its last attempt failed under a stop-class policy
+    /// and no retry runs yet.
+    pub fn parked_by(&self, id: ReqId) -> Option<IoError> {
+        let r = &self.requests[id];
+        match (&r.last, r.io) {
+            (Some(Attempt::Failed(e)), None)
+                if reaction(self.policy_for(r.kind), *e) == Reaction::Park =>
+            {
+                Some(*e)
+            }
+            _ => None,
+        }
     }
 
     pub fn complete(&mut self, id: ReqId) {

@@ -45,6 +45,11 @@ fn submit(queue: u8, req: ReqType, shape: Shape, sector: u8, sectors: u8) -> Op 
     }
 }
 
+/// Fails the oldest outstanding disk I/O.
+fn fail(error: IoError) -> Op {
+    Op::Fail { pick: 0, error }
+}
+
 fn write(sector: u8) -> Op {
     submit(0, ReqType::Write, Shape::Plain, sector, 1)
 }
@@ -80,14 +85,8 @@ pub fn thread_example(migrate: bool) -> Program {
     ];
     ops.extend(go());
     ops.extend([
-        Op::Fail {
-            pick: 0,
-            error: IoError::NoSpace,
-        },
-        Op::Fail {
-            pick: 0,
-            error: IoError::NoSpace,
-        },
+        fail(IoError::NoSpace),
+        fail(IoError::NoSpace),
         Op::Complete { pick: 1 },
         Op::Complete { pick: 0 },
         Op::Poll,
@@ -208,14 +207,8 @@ fn conforming() -> Vec<(&'static str, Vec<u8>)> {
         let mut ops = vec![write(0), read(4), write(8), read(12)];
         ops.extend(go());
         ops.extend([
-            Op::Fail {
-                pick: 0,
-                error: IoError::NoSpace,
-            },
-            Op::Fail {
-                pick: 0,
-                error: IoError::Io,
-            },
+            fail(IoError::NoSpace),
+            fail(IoError::Io),
             Op::DiskFull,
             Op::Complete { pick: 0 },
             Op::Poll,
@@ -259,10 +252,7 @@ fn conforming() -> Vec<(&'static str, Vec<u8>)> {
     let mut ops = vec![write(0), write(4), read(8)];
     ops.extend(go());
     ops.extend([
-        Op::Fail {
-            pick: 0,
-            error: IoError::NoSpace,
-        },
+        fail(IoError::NoSpace),
         Op::Poll,
         Op::QueueReset { queue: 0 },
         Op::Complete { pick: 0 },

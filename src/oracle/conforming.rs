@@ -10,7 +10,7 @@ use super::{Check, Invariant, ensure, violation};
 use crate::backend::Io;
 use crate::device::{Held, InflightPolicy};
 use crate::driver::UsedElem;
-use crate::model::{Attempt, Model, NotYet, Reaction, ReqId, ReqState, reaction};
+use crate::model::{Attempt, Model, Reaction, ReqId, ReqState, reaction};
 use crate::program::ReqType;
 
 /// A new disk I/O must run a published request that may run now: not one dropped by a
@@ -50,7 +50,7 @@ pub fn exactly_once_io(model: &Model, io: &Io) -> Result<ReqId, super::Violation
     if r.io.is_some() {
         return fail(Invariant::Parked, "its previous I/O is still running");
     }
-    let policy = policy_for(model, r.kind);
+    let policy = model.policy_for(r.kind);
     match &r.last {
         None => Ok(id),
         Some(Attempt::Failed(e)) if reaction(policy, *e) == Reaction::Park => Ok(id),
@@ -102,20 +102,15 @@ pub fn used_id(model: &Model, q: u16, elem: UsedElem) -> Result<ReqId, super::Vi
 /// A parked request gets no used entry until a retry succeeds or is reported.
 pub fn parked(model: &Model, id: ReqId) -> Check {
     let r = &model.requests[id];
-    match model.expected(id) {
-        Err(NotYet::Parked) => Err(violation(
+    match model.parked_by(id) {
+        Some(e) => Err(violation(
             Invariant::Parked,
             format!(
-                "queue {} head {}: completed while parked (its last I/O failed with {:?}) without a retry",
-                r.q,
-                r.head,
-                match &r.last {
-                    Some(Attempt::Failed(e)) => *e,
-                    _ => unreachable!(),
-                }
+                "queue {} head {}: completed while parked (its last I/O failed with {e:?}) without a retry",
+                r.q, r.head
             ),
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -285,14 +280,6 @@ fn list(model: &Model, ids: &[ReqId]) -> String {
         .collect();
     out.truncate(8);
     out.join(", ")
-}
-
-fn policy_for(model: &Model, kind: ReqType) -> crate::device::ErrorPolicy {
-    if kind == ReqType::Read {
-        model.read_policy
-    } else {
-        model.write_policy
-    }
 }
 
 fn describe(io: &Io) -> String {

@@ -86,11 +86,9 @@ impl MemDisk {
     }
 
     /// Finishes `tag` as the disk would: writes fail with ENOSPC while the disk is full.
-    /// Returns false if `tag` is not outstanding.
-    pub fn complete(&mut self, tag: IoTag) -> bool {
-        let Some(io) = self.outstanding.remove(&tag) else {
-            return false;
-        };
+    /// Returns how it ended, or `None` if `tag` is not outstanding.
+    pub fn complete(&mut self, tag: IoTag) -> Option<Result<(), IoError>> {
+        let io = self.outstanding.remove(&tag)?;
         let result = match io {
             Io::Read { sector, len } => self
                 .range(sector, len as usize)
@@ -102,8 +100,9 @@ impl MemDisk {
             }),
             Io::Flush => Ok(Vec::new()),
         };
+        let ended = result.as_ref().map(|_| ()).map_err(|e| *e);
         self.finished.push_back(Completion { tag, result });
-        true
+        Some(ended)
     }
 
     /// Fails `tag` with `error`, leaving the image untouched.
@@ -174,12 +173,12 @@ mod tests {
             len: 512,
         });
         // The read finishes first, so it sees the old contents.
-        assert!(disk.complete(r));
-        assert!(disk.complete(w));
+        assert_eq!(disk.complete(r), Some(Ok(())));
+        assert_eq!(disk.complete(w), Some(Ok(())));
         assert_eq!(disk.next_completion().unwrap().result, Ok(vec![0; 512]));
         assert_eq!(disk.next_completion().unwrap().result, Ok(vec![]));
         assert_eq!(&disk.image()[512..1024], &[7; 512][..]);
-        assert!(!disk.complete(w), "a tag finishes once");
+        assert_eq!(disk.complete(w), None, "a tag finishes once");
     }
 
     #[test]

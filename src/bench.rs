@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::dut::DeviceKind;
 use crate::engine::{OracleLevel, Outcome};
 use crate::explore::{self, Budget, Options};
 use crate::mutants::{self, Mutant};
 use crate::oracle::Invariant;
 use crate::targets::Target;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
     Explorer,
     LibFuzzer,
@@ -29,6 +30,8 @@ pub struct BenchOptions {
     pub seeds: u64,
     pub engine: Engine,
     pub oracle: OracleLevel,
+    /// The device the explorer runs (libFuzzer's binaries run the reference).
+    pub device: DeviceKind,
     pub jobs: usize,
     /// Where the cargo-fuzz binaries are (for `Engine::LibFuzzer`).
     pub fuzz_bin_dir: PathBuf,
@@ -79,6 +82,7 @@ fn explorer_attempt(opts: &BenchOptions, m: Mutant, seed: u64) -> Attempt {
     let summary = explore::explore(
         &Options {
             target: target_for(m),
+            device: opts.device,
             budget: Budget::Seconds(opts.seconds),
             seed,
             jobs: opts.jobs,
@@ -146,18 +150,22 @@ fn libfuzzer_attempt(opts: &BenchOptions, m: Mutant, seed: u64) -> Attempt {
         .rev()
         .filter_map(|l| l.strip_prefix("stat::number_of_executed_units: "))
         .find_map(|n| n.trim().parse().ok());
-    let artifact = crash_file(&work);
-    let invariant = artifact.as_ref().and_then(|path| {
+    // A crash counts only if it replays as a finding on the mutant and passes on the
+    // reference: a harness false positive or a timeout is not a detection.
+    let invariant = crash_file(&work).and_then(|path| {
         let data = std::fs::read(path).ok()?;
         mutants::select(Some(m));
-        match target.run_with(&data, false, opts.oracle).outcome {
-            Outcome::Finding(f) => Some(f.invariant),
-            Outcome::Pass => None,
+        let on_mutant = target.run_with(&data, false, opts.oracle).outcome;
+        mutants::select(None);
+        let on_reference = target.run(&data, false).outcome;
+        match (on_mutant, on_reference) {
+            (Outcome::Finding(f), Outcome::Pass) => Some(f.invariant),
+            _ => None,
         }
     });
     let _ = std::fs::remove_dir_all(&work);
     Attempt {
-        found: artifact.is_some(),
+        found: invariant.is_some(),
         time,
         execs,
         invariant,

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
+use crate::dut::DeviceKind;
 use crate::engine::{Finding, OracleLevel, Outcome, Report, Scenarios};
 use crate::oracle::Invariant;
+use crate::oracle::skipped::Skip;
 use crate::program::{MAX_OPS, OpKind};
 use crate::targets::Target;
 use crate::trace::Digest;
@@ -36,6 +38,7 @@ pub enum Budget {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub target: Target,
+    pub device: DeviceKind,
     pub budget: Budget,
     pub seed: u64,
     pub jobs: usize,
@@ -61,6 +64,8 @@ pub struct Summary {
     pub examples: BTreeMap<Invariant, (Vec<u8>, Finding)>,
     /// The first finding in execution order: its index, when it was folded, what fired.
     pub first: Option<(u64, Duration, Invariant)>,
+    /// Checks the device's capabilities left without input, in any execution.
+    pub skipped: Vec<Skip>,
 }
 
 impl Summary {
@@ -193,7 +198,8 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                     let batch = (first..end)
                         .map(|index| {
                             let input = input(opts.target, opts.seed, index);
-                            let report = opts.target.run_with(&input, false, opts.oracle);
+                            let report =
+                                opts.target.run_on(opts.device, &input, false, opts.oracle);
                             Done {
                                 index,
                                 input,
@@ -265,6 +271,12 @@ fn first_invariant(summary: &Summary) -> Invariant {
 fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) {
     summary.execs += 1;
     digest.u64(done.report.digest);
+    for skip in &done.report.skipped {
+        if !summary.skipped.contains(skip) {
+            summary.skipped.push(*skip);
+            summary.skipped.sort();
+        }
+    }
     for (i, (flag, _)) in Scenarios::NAMES.iter().enumerate() {
         if done.report.scenarios.has(*flag) {
             summary.scenarios[i] += 1;
@@ -276,7 +288,7 @@ fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) 
         *seen += 1;
         if (*seen as usize) <= SAVED_PER_INVARIANT
             && let Some(dir) = &opts.out
-            && let Err(e) = save_finding(dir, opts.target, &done.input, &f)
+            && let Err(e) = save_finding(dir, opts.target, opts.device, &done.input, &f)
         {
             eprintln!("stopfuzz: cannot save a finding in {}: {e}", dir.display());
         }
@@ -291,6 +303,7 @@ fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) 
 pub fn save_finding(
     dir: &std::path::Path,
     target: Target,
+    device: DeviceKind,
     input: &[u8],
     f: &Finding,
 ) -> std::io::Result<PathBuf> {
@@ -300,20 +313,29 @@ pub fn save_finding(
     let name = format!("{}-{}-{:016x}", target.name(), f.invariant, d.value());
     let path = dir.join(&name);
     std::fs::write(&path, input)?;
-    let traced = target.run(input, true);
+    let traced = target.run_on(device, input, true, OracleLevel::Full);
     let trace = traced.trace.map(|t| t.cut(f.step)).unwrap_or_default();
     let report = format!(
-        "target: {}\ninvariant: {}\nstep: {}\n{}\n\nreplay: cargo run --release -- replay --target {} {}\n\n{}",
+        "target: {}\ndevice: {device}\ninvariant: {}\nstep: {}\n{}\n\nreplay: cargo run --release -- replay --target {}{} {}\n\n{}",
         target.name(),
         f.invariant,
         f.step,
         f.message,
         target.name(),
+        device_args(device),
         path.display(),
         trace
     );
     std::fs::write(dir.join(format!("{name}.txt")), report)?;
     Ok(path)
+}
+
+/// The command-line arguments that select `device` (empty for the reference).
+pub fn device_args(device: DeviceKind) -> String {
+    match device {
+        DeviceKind::Reference => String::new(),
+        DeviceKind::Reduced(hidden) => format!(" --device reduced --hide {}", hidden.names()),
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +371,7 @@ mod tests {
         let run = |jobs| {
             let opts = Options {
                 target: Target::BlkConforming,
+                device: DeviceKind::Reference,
                 budget: Budget::Execs(200),
                 seed: 42,
                 jobs,

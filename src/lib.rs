@@ -2,12 +2,17 @@
 //! resumed, migrated, reset, or made to retry failed I/O.
 //!
 //! Bytes decode to a [`program::Program`]; the [`engine`] runs it with the guest
-//! [`driver`] against a device under test ([`dut`]), and the [`oracle`] checks every step
-//! against the [`model`]. [`targets`] are the entry points the fuzzers call.
+//! [`driver`] against any device behind the boundary in [`dut`], and the [`oracle`] checks
+//! every step against the [`model`]. [`targets`] are the entry points the fuzzers call;
+//! [`explore`] is the built-in explorer behind `stopfuzz run`.
+//!
+//! The reference device is [`device`]. Nothing on the checking side (engine, oracle,
+//! model, driver, program) imports it: they speak [`dut`], [`contract`] and [`virtio`].
 
 pub mod backend;
 #[cfg(feature = "mutants")]
 pub mod bench;
+pub mod contract;
 pub mod device;
 pub mod driver;
 pub mod dut;
@@ -20,5 +25,7 @@ pub mod mutants;
 pub mod oracle;
 pub mod program;
 pub mod seeds;
+pub mod shadow;
 pub mod targets;
 pub mod trace;
+pub mod virtio;

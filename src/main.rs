@@ -5,10 +5,43 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use stopfuzz::dut::DeviceKind;
+use stopfuzz::dut::reduced::Hidden;
 use stopfuzz::engine::{OracleLevel, Outcome};
 use stopfuzz::explore::{self, Budget, Options};
-use stopfuzz::program::Program;
+use stopfuzz::oracle::skipped::Skip;
+use stopfuzz::program::{FORMAT_VERSION, Program};
 use stopfuzz::targets::Target;
+
+/// Which device to run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceArg {
+    /// The in-process reference device.
+    Reference,
+    /// The reference behind a wrapper hiding the capabilities given by --hide.
+    Reduced,
+}
+
+/// The device options shared by run, replay and bench.
+#[derive(clap::Args, Clone, Debug)]
+struct DeviceOpts {
+    /// The device under test.
+    #[arg(long, value_enum, default_value = "reference")]
+    device: DeviceArg,
+    /// With --device reduced: the capabilities to hide, `all` or a comma-separated list of
+    /// introspection, exact-writes, disk-control, snapshot-inspection.
+    #[arg(long, default_value = "all", value_parser = Hidden::parse)]
+    hide: Hidden,
+}
+
+impl DeviceOpts {
+    fn kind(&self) -> DeviceKind {
+        match self.device {
+            DeviceArg::Reference => DeviceKind::Reference,
+            DeviceArg::Reduced => DeviceKind::Reduced(self.hide),
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +56,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Explore the reference device with seeded random programs (swarm testing).
+    /// Explore a device with seeded random programs (swarm testing).
     Run {
         /// blk_conforming, blk_hostile or snapshot.
         #[arg(long, default_value = "blk_conforming")]
@@ -43,9 +76,11 @@ enum Command {
         /// Where to save findings (raw input plus a .txt report).
         #[arg(long, default_value = "findings")]
         out: PathBuf,
-        /// full, or crash-only (only no-panic, the checks not run).
-        #[arg(long, default_value = "full", value_parser = parse_oracle)]
+        /// full, or crash-only (only no-panic, the checks not run; same runs otherwise).
+        #[arg(long, value_enum, default_value = "full")]
         oracle: OracleLevel,
+        #[command(flatten)]
+        device: DeviceOpts,
     },
     /// Measure how fast each planted bug is found (needs --features mutants).
     Bench {
@@ -55,12 +90,14 @@ enum Command {
         /// Independent seeds per mutant.
         #[arg(long, default_value_t = 5)]
         seeds: u64,
-        /// explorer or libfuzzer.
-        #[arg(long, default_value = "explorer")]
-        engine: String,
+        /// The fuzzing engine.
+        #[arg(long, value_enum, default_value = "explorer")]
+        engine: BenchEngine,
         /// full, or crash-only.
-        #[arg(long, default_value = "full", value_parser = parse_oracle)]
+        #[arg(long, value_enum, default_value = "full")]
         oracle: OracleLevel,
+        #[command(flatten)]
+        device: DeviceOpts,
         /// Worker threads for the explorer (default: every core).
         #[arg(long)]
         jobs: Option<usize>,
@@ -90,7 +127,16 @@ enum Command {
         /// Draw the rings at the end, as the mailing-list thread does.
         #[arg(long)]
         rings: bool,
+        #[command(flatten)]
+        device: DeviceOpts,
     },
+}
+
+/// The engines `bench` drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchEngine {
+    Explorer,
+    Libfuzzer,
 }
 
 fn main() -> ExitCode {
@@ -111,13 +157,24 @@ fn main() -> ExitCode {
             jobs,
             out,
             oracle,
-        } => run(target, seconds, execs, seed, jobs, out, oracle),
+            device,
+        } => run(
+            target,
+            seconds,
+            execs,
+            seed,
+            jobs,
+            out,
+            oracle,
+            device.kind(),
+        ),
         Command::Replay {
             files,
             target,
             trace,
             rings,
-        } => replay(&files, target, trace, rings),
+            device,
+        } => replay(&files, target, trace, rings, device.kind()),
         Command::Seeds { out } => seeds(&out),
         Command::Bench {
             seconds,
@@ -126,10 +183,20 @@ fn main() -> ExitCode {
             oracle,
             jobs,
             fuzz_bin,
-        } => bench(seconds, seeds, &engine, oracle, jobs, fuzz_bin),
+            device,
+        } => bench(
+            seconds,
+            seeds,
+            engine,
+            oracle,
+            jobs,
+            fuzz_bin,
+            device.kind(),
+        ),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     target: Target,
     seconds: Option<u64>,
@@ -138,6 +205,7 @@ fn run(
     jobs: Option<usize>,
     out: PathBuf,
     oracle: OracleLevel,
+    device: DeviceKind,
 ) -> ExitCode {
     let budget = match (seconds, execs) {
         (_, Some(n)) => Budget::Execs(n),
@@ -153,13 +221,14 @@ fn run(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     eprintln!(
-        "stopfuzz run: target={} seed={seed} jobs={jobs} budget={budget:?} out={}",
+        "stopfuzz run: target={} device={device} seed={seed} jobs={jobs} budget={budget:?} out={}",
         target.name(),
         out.display()
     );
-    silence_panics();
+    stopfuzz::targets::quiet_panics_in_runs();
     let opts = Options {
         target,
+        device,
         budget,
         seed,
         jobs,
@@ -179,6 +248,7 @@ fn run(
         );
     });
     eprintln!("scenarios: {}", summary.scenario_counts());
+    eprintln!("{}", skipped_line(&summary.skipped));
     for (invariant, (_, f)) in &summary.examples {
         eprintln!(
             "finding: {invariant} x{} (first at step {}: {})",
@@ -192,8 +262,23 @@ fn run(
     ExitCode::from(u8::from(summary.findings > 0))
 }
 
-fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -> ExitCode {
-    silence_panics();
+fn skipped_line(skipped: &[Skip]) -> String {
+    if skipped.is_empty() {
+        "skipped: none".into()
+    } else {
+        let list: Vec<String> = skipped.iter().map(|s| s.to_string()).collect();
+        format!("skipped: {}", list.join("; "))
+    }
+}
+
+fn replay(
+    files: &[PathBuf],
+    target: Option<Target>,
+    trace: bool,
+    rings: bool,
+    device: DeviceKind,
+) -> ExitCode {
+    stopfuzz::targets::quiet_panics_in_runs();
     let mut found = false;
     for file in files {
         let data = match std::fs::read(file) {
@@ -210,7 +295,15 @@ fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -
             );
             return ExitCode::from(2);
         };
-        let report = target.run(&data, trace || rings);
+        if target != Target::Snapshot
+            && let Some(v) = Program::version_of(&data).filter(|&v| v != FORMAT_VERSION)
+        {
+            eprintln!(
+                "stopfuzz: {} says format version {v}; it is decoded as version {FORMAT_VERSION}",
+                file.display()
+            );
+        }
+        let report = target.run_on(device, &data, trace || rings, OracleLevel::Full);
         let outcome = match &report.outcome {
             Outcome::Pass => "pass".to_string(),
             Outcome::Finding(f) => {
@@ -219,6 +312,9 @@ fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -
             }
         };
         println!("{}: {} {outcome}", file.display(), target.name());
+        if device != DeviceKind::Reference {
+            println!("  {}", skipped_line(&report.skipped));
+        }
         if trace && let Some(t) = &report.trace {
             let step = match &report.outcome {
                 Outcome::Finding(f) => f.step,
@@ -227,14 +323,22 @@ fn replay(files: &[PathBuf], target: Option<Target>, trace: bool, rings: bool) -
             print!("{}", t.cut(step));
         }
         if rings && target != Target::Snapshot {
-            print!("{}", draw(&data, target));
+            print!("{}", draw(&data, target, device));
         }
     }
     ExitCode::from(u8::from(found))
 }
 
 #[cfg(not(feature = "mutants"))]
-fn bench(_: u64, _: u64, _: &str, _: OracleLevel, _: Option<usize>, _: PathBuf) -> ExitCode {
+fn bench(
+    _: u64,
+    _: u64,
+    _: BenchEngine,
+    _: OracleLevel,
+    _: Option<usize>,
+    _: PathBuf,
+    _: DeviceKind,
+) -> ExitCode {
     eprintln!(
         "stopfuzz bench needs the planted bugs: cargo run --release --features mutants -- bench"
     );
@@ -245,20 +349,23 @@ fn bench(_: u64, _: u64, _: &str, _: OracleLevel, _: Option<usize>, _: PathBuf) 
 fn bench(
     seconds: u64,
     seeds: u64,
-    engine: &str,
+    engine: BenchEngine,
     oracle: OracleLevel,
     jobs: Option<usize>,
     fuzz_bin_dir: PathBuf,
+    device: DeviceKind,
 ) -> ExitCode {
     use stopfuzz::bench::{self, BenchOptions, Engine};
     let engine = match engine {
-        "explorer" => Engine::Explorer,
-        "libfuzzer" => Engine::LibFuzzer,
-        other => {
-            eprintln!("stopfuzz: unknown engine {other:?}; expected explorer or libfuzzer");
-            return ExitCode::from(2);
-        }
+        BenchEngine::Explorer => Engine::Explorer,
+        BenchEngine::Libfuzzer => Engine::LibFuzzer,
     };
+    if engine == Engine::LibFuzzer && device != DeviceKind::Reference {
+        eprintln!(
+            "stopfuzz: the libFuzzer binaries fuzz the reference device; use --engine explorer"
+        );
+        return ExitCode::from(2);
+    }
     if engine == Engine::LibFuzzer && !fuzz_bin_dir.join("blk_conforming").exists() {
         eprintln!(
             "stopfuzz: no libFuzzer binaries in {}; build them with\n  cargo fuzz build --sanitizer none --features mutants --target-dir target/fuzz-mutants",
@@ -266,12 +373,13 @@ fn bench(
         );
         return ExitCode::from(2);
     }
-    silence_panics();
+    stopfuzz::targets::quiet_panics_in_runs();
     let opts = BenchOptions {
         seconds,
         seeds,
         engine,
         oracle,
+        device,
         jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         fuzz_bin_dir,
     };
@@ -295,7 +403,7 @@ fn bench(
 }
 
 fn seeds(out: &Path) -> ExitCode {
-    silence_panics();
+    stopfuzz::targets::quiet_panics_in_runs();
     let mut written = 0;
     for seed in stopfuzz::seeds::seeds() {
         if let Outcome::Finding(f) = seed.target.run(&seed.bytes, false).outcome {
@@ -324,13 +432,13 @@ fn seeds(out: &Path) -> ExitCode {
 }
 
 /// The ring drawing at the end of a run.
-fn draw(data: &[u8], target: Target) -> String {
+fn draw(data: &[u8], target: Target, device: DeviceKind) -> String {
     let mode = if target == Target::BlkHostile {
         stopfuzz::engine::Mode::Hostile
     } else {
         stopfuzz::engine::Mode::Conforming
     };
-    stopfuzz::engine::Engine::new().rings_after(&Program::decode(data), mode)
+    stopfuzz::engine::Engine::new().rings_after(&device, &Program::decode(data), mode)
 }
 
 /// `corpus/<target>/...` or a file named `<target>-...`.
@@ -343,17 +451,4 @@ fn target_of(path: &Path) -> Option<Target> {
     Target::ALL
         .into_iter()
         .find(|t| parent == Some(t.name()) || name.starts_with(&format!("{}-", t.name())))
-}
-
-fn parse_oracle(s: &str) -> Result<OracleLevel, String> {
-    match s {
-        "full" => Ok(OracleLevel::Full),
-        "crash-only" => Ok(OracleLevel::CrashOnly),
-        _ => Err(format!("unknown oracle {s:?}; expected full or crash-only")),
-    }
-}
-
-/// Panics inside runs are findings, reported as such; the default hook would print each one.
-fn silence_panics() {
-    std::panic::set_hook(Box::new(|_| {}));
 }

@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use crate::backend::{Io, IoError, IoTag, SECTOR_SIZE};
-use crate::device::ErrorPolicy;
+use crate::contract::{ErrorPolicy, Reaction};
 use crate::program::ReqType;
+use crate::virtio::{BLK_S_IOERR, BLK_S_OK, BLK_S_UNSUPP};
 
 pub type ReqId = usize;
 
@@ -87,26 +88,15 @@ pub struct Model {
     open: BTreeMap<(u16, u16), ReqId>,
     by_io: BTreeMap<IoTag, ReqId>,
     pub disk: Vec<u8>,
+    /// Per sector: its contents are unknown, because a write the model cannot follow may
+    /// have landed there.
+    pub uncertain: Vec<bool>,
+    /// The device does its own disk I/O: a write dropped by a reset may still land.
+    pub io_unseen: bool,
     pub write_policy: ErrorPolicy,
     pub read_policy: ErrorPolicy,
     pub flush: bool,
     pub device_id: [u8; 20],
-}
-
-/// What a failed attempt leads to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reaction {
-    Report,
-    Ignore,
-    Park,
-}
-
-pub fn reaction(policy: ErrorPolicy, error: IoError) -> Reaction {
-    match (policy, error) {
-        (ErrorPolicy::Report, _) | (ErrorPolicy::Enospc, IoError::Io) => Reaction::Report,
-        (ErrorPolicy::Ignore, _) => Reaction::Ignore,
-        (ErrorPolicy::Stop, _) | (ErrorPolicy::Enospc, IoError::NoSpace) => Reaction::Park,
-    }
 }
 
 impl Model {
@@ -122,6 +112,8 @@ impl Model {
             open: BTreeMap::new(),
             by_io: BTreeMap::new(),
             disk: vec![0; (disk_sectors * SECTOR_SIZE) as usize],
+            uncertain: vec![false; disk_sectors as usize],
+            io_unseen: false,
             write_policy,
             read_policy,
             flush,
@@ -203,9 +195,18 @@ impl Model {
     /// The disk finished `tag`: a write lands with the driver's data (what a correct device
     /// sent), a read returns what the disk holds.
     pub fn io_finished(&mut self, tag: IoTag, result: Result<(), IoError>) {
-        let Some(id) = self.by_io.remove(&tag) else {
-            return;
-        };
+        if let Some(id) = self.by_io.remove(&tag) {
+            self.attempt_ended(id, result);
+        }
+    }
+
+    /// For a device that does its own disk I/O, seen only when the request completes: its
+    /// I/O ran, and with no fault injected, succeeded.
+    pub fn external_io_done(&mut self, id: ReqId) {
+        self.attempt_ended(id, Ok(()));
+    }
+
+    fn attempt_ended(&mut self, id: ReqId, result: Result<(), IoError>) {
         let r = &mut self.requests[id];
         r.io = None;
         let range =
@@ -225,6 +226,12 @@ impl Model {
         });
     }
 
+    /// The open, published request a used entry names, if any.
+    pub fn published(&self, q: u16, head: u16) -> Option<ReqId> {
+        self.open(q, head)
+            .filter(|&id| self.requests[id].state == ReqState::Published)
+    }
+
     /// The error policy for a request: rerror for reads, werror for writes and flushes.
     pub fn policy_for(&self, kind: ReqType) -> ErrorPolicy {
         if kind == ReqType::Read {
@@ -238,7 +245,7 @@ impl Model {
     pub fn expected(&self, id: ReqId) -> Result<Expected, NotYet> {
         let r = &self.requests[id];
         let ok = |len: u32, data: Option<Vec<u8>>| Expected {
-            status: crate::device::bits::BLK_S_OK,
+            status: BLK_S_OK,
             len,
             data,
         };
@@ -246,7 +253,7 @@ impl Model {
             ReqType::GetId => return Ok(ok(21, Some(self.device_id.to_vec()))),
             ReqType::Flush if !self.flush => {
                 return Ok(Expected {
-                    status: crate::device::bits::BLK_S_UNSUPP,
+                    status: BLK_S_UNSUPP,
                     len: 1,
                     data: None,
                 });
@@ -259,12 +266,14 @@ impl Model {
         match &r.last {
             None => Err(NotYet::NoAttempt),
             Some(Attempt::Succeeded { data }) if r.kind == ReqType::Read => {
-                Ok(ok(data.len() as u32 + 1, Some(data.clone())))
+                let known = !self.uncertain[r.sector as usize..(r.sector + r.sectors) as usize]
+                    .contains(&true);
+                Ok(ok(data.len() as u32 + 1, known.then(|| data.clone())))
             }
             Some(Attempt::Succeeded { .. }) => Ok(ok(1, None)),
-            Some(Attempt::Failed(e)) => match reaction(self.policy_for(r.kind), *e) {
+            Some(Attempt::Failed(e)) => match self.policy_for(r.kind).reaction(*e) {
                 Reaction::Report => Ok(Expected {
-                    status: crate::device::bits::BLK_S_IOERR,
+                    status: BLK_S_IOERR,
                     len: 1,
                     data: None,
                 }),
@@ -285,7 +294,7 @@ impl Model {
         let r = &self.requests[id];
         match (&r.last, r.io) {
             (Some(Attempt::Failed(e)), None)
-                if reaction(self.policy_for(r.kind), *e) == Reaction::Park =>
+                if self.policy_for(r.kind).reaction(*e) == Reaction::Park =>
             {
                 Some(*e)
             }
@@ -299,15 +308,27 @@ impl Model {
         self.open.remove(&(r.q, r.head));
     }
 
-    /// A reset dropped every open request on `q` (or on every queue).
+    /// A reset dropped every open request on `q` (or on every queue). Where the model
+    /// cannot see disk I/O, a dropped write may still land: its sectors become unknown.
     pub fn abandon(&mut self, q: Option<u16>) {
-        let requests = &mut self.requests;
+        let (requests, uncertain, unseen) =
+            (&mut self.requests, &mut self.uncertain, self.io_unseen);
         self.open.retain(|&(rq, _), id| {
             let drop = q.is_none_or(|q| q == rq);
             if drop {
-                requests[*id].state = ReqState::Abandoned;
+                let r = &mut requests[*id];
+                if unseen && r.kind == ReqType::Write && r.state == ReqState::Published {
+                    uncertain[r.sector as usize..(r.sector + r.sectors) as usize].fill(true);
+                }
+                r.state = ReqState::Abandoned;
             }
             !drop
         });
+    }
+
+    /// The disk is known to hold `image` (the harness read it).
+    pub fn take_disk(&mut self, image: &[u8]) {
+        self.disk.copy_from_slice(image);
+        self.uncertain.fill(false);
     }
 }

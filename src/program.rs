@@ -16,6 +16,11 @@
 //! then ops      4 bytes each: kind, a, b, c; at most MAX_OPS
 //! ```
 //!
+//! Decoding ignores byte 0: every byte string is a version-1 program, so a fuzzer's
+//! mutations of that byte still reach every program. `encode` writes [`FORMAT_VERSION`], the
+//! corpus test holds committed inputs to it, and `replay` warns about any other value. A
+//! future format would claim byte values of its own and leave the rest decoding as now.
+//!
 //! Missing bytes read as zero. Argument bytes are kept raw and reduced at run time (a queue
 //! number modulo the queue count, for example), so [`Program::encode`] is the exact inverse of
 //! [`Program::decode`] for every program it produces.
@@ -25,10 +30,12 @@ use std::fmt;
 use arbitrary::{Arbitrary, Unstructured};
 
 use crate::backend::IoError;
-use crate::device::{ErrorPolicy, InflightPolicy};
+use crate::contract::{ErrorPolicy, InflightPolicy};
 
 pub const FORMAT_VERSION: u8 = 1;
 pub const MAX_OPS: usize = 256;
+/// Most queues a program drives (config byte 1, bits 0-1).
+pub const MAX_QUEUES: usize = 4;
 const CONFIG_BYTES: usize = 6;
 const OP_BYTES: usize = 4;
 const HEADER_BYTES: usize = 1 + CONFIG_BYTES;

@@ -6,7 +6,7 @@
 //! files are exactly these bytes, so a format change means regenerating them.
 
 use crate::backend::IoError;
-use crate::device::{ErrorPolicy, InflightPolicy};
+use crate::contract::{ErrorPolicy, InflightPolicy};
 use crate::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};
 use crate::targets::Target;
 

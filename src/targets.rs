@@ -1,15 +1,16 @@
 //! The fuzz targets. libFuzzer, AFL++, the explorer and the corpus replay all call these,
 //! so the same bytes are the same scenario everywhere.
 //!
-//! Each target has a function that panics on a finding, which is how fuzzers see it, and a
-//! sibling that returns the [`Report`]. A panic inside a run is itself a finding (`no-panic`)
-//! for the sibling.
+//! Each target has a function that panics on a finding, which is how fuzzers see it;
+//! [`Target::run_on`] returns the [`Report`] instead, and turns a panic inside the run into a
+//! `no-panic` finding.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use crate::dut::DeviceKind;
 use crate::engine::{Engine, Finding, Mode, OracleLevel, Outcome, Report, Scenarios, SnapshotEdit};
 use crate::oracle::Invariant;
 use crate::program::Program;
@@ -32,35 +33,44 @@ impl Target {
         }
     }
 
-    /// Runs `data` through this target; panics inside the run become `no-panic` findings.
+    /// Runs `data` through this target against the reference device with the full oracle.
     pub fn run(self, data: &[u8], traced: bool) -> Report {
-        self.run_with(data, traced, OracleLevel::Full)
+        self.run_on(DeviceKind::Reference, data, traced, OracleLevel::Full)
     }
 
     /// [`Self::run`] with a choice of oracle.
     pub fn run_with(self, data: &[u8], traced: bool, oracle: OracleLevel) -> Report {
+        self.run_on(DeviceKind::Reference, data, traced, oracle)
+    }
+
+    /// Runs `data` through this target against `device`; panics inside the run become
+    /// `no-panic` findings.
+    pub fn run_on(
+        self,
+        device: DeviceKind,
+        data: &[u8],
+        traced: bool,
+        oracle: OracleLevel,
+    ) -> Report {
         let run = || {
             ENGINE.with(|engine| {
                 let mut engine = engine.borrow_mut();
                 engine.oracle = oracle;
-                match self {
-                    Target::BlkConforming => {
-                        engine.run(&Program::decode(data), Mode::Conforming, traced)
-                    }
-                    Target::BlkHostile => engine.run(&Program::decode(data), Mode::Hostile, traced),
+                let (mode, edit, program) = match self {
+                    Target::BlkConforming => (Mode::Conforming, None, Program::decode(data)),
+                    Target::BlkHostile => (Mode::Hostile, None, Program::decode(data)),
                     Target::Snapshot => {
                         let (edit, program) = snapshot_input(data);
-                        engine.run_on::<crate::device::BlkDevice>(
-                            &program,
-                            Mode::Conforming,
-                            Some(&edit),
-                            traced,
-                        )
+                        (Mode::Conforming, Some(edit), program)
                     }
-                }
+                };
+                engine.run_on(&device, &program, mode, edit.as_ref(), traced)
             })
         };
-        catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        QUIET_PANICS.with(|q| q.set(true));
+        let result = catch_unwind(AssertUnwindSafe(run));
+        QUIET_PANICS.with(|q| q.set(false));
+        result.unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -100,6 +110,19 @@ impl FromStr for Target {
 thread_local! {
     /// One guest memory per thread, reused across runs.
     static ENGINE: RefCell<Engine> = RefCell::new(Engine::new());
+    /// Set while a run is inside `catch_unwind`: its panic is a finding, reported as such.
+    static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs a panic hook that stays silent for panics inside runs (they are reported as
+/// `no-panic` findings) and prints every other panic as the default hook would.
+pub fn quiet_panics_in_runs() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !QUIET_PANICS.with(|q| q.get()) {
+            default(info);
+        }
+    }));
 }
 
 /// The snapshot target's input: byte 0 even means "mutate the program's snapshot" with
@@ -149,22 +172,10 @@ pub fn blk_conforming(data: &[u8]) {
     panic_on(Target::BlkConforming.run_with(data, false, fuzz_oracle()))
 }
 
-pub fn blk_conforming_outcome(data: &[u8]) -> Report {
-    Target::BlkConforming.run(data, false)
-}
-
 pub fn blk_hostile(data: &[u8]) {
     panic_on(Target::BlkHostile.run_with(data, false, fuzz_oracle()))
 }
 
-pub fn blk_hostile_outcome(data: &[u8]) -> Report {
-    Target::BlkHostile.run(data, false)
-}
-
 pub fn snapshot(data: &[u8]) {
     panic_on(Target::Snapshot.run_with(data, false, fuzz_oracle()))
-}
-
-pub fn snapshot_outcome(data: &[u8]) -> Report {
-    Target::Snapshot.run(data, false)
 }

@@ -34,29 +34,7 @@ pub const MAX_QUEUE_SIZE: u16 = 256;
 /// Passes over one queue per poll; more work waits for the next poll, so no call spins.
 const MAX_PASSES: usize = 4;
 
-/// What the device guarantees about popped requests when it acknowledges a stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InflightPolicy {
-    /// Acknowledge only when every popped buffer has been used. Parked requests hold the
-    /// acknowledgement back until the disk heals and they complete.
-    Drain,
-    /// Acknowledge once no disk I/O is outstanding. Popped but unused requests are kept by
-    /// head, saved with the device, and resubmitted after resume or restore.
-    Track,
-}
-
-/// What a failed I/O does, per direction, as QEMU's `werror` and `rerror`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorPolicy {
-    /// Complete with IOERR.
-    Report,
-    /// Complete with OK.
-    Ignore,
-    /// Park the request until the host retries it.
-    Stop,
-    /// Park on ENOSPC, report anything else. Writes only.
-    Enospc,
-}
+pub use crate::contract::{ErrorPolicy, InflightPolicy};
 
 enum Action {
     Report,
@@ -371,6 +349,15 @@ impl BlkDevice {
         }
     }
 
+    /// Sets where a queue's ring indices start (`next_avail` and `next_used`), as vhost-user's
+    /// SET_VRING_BASE does. Like the other setup writes, ignored once the queue is enabled.
+    pub fn queue_set_base(&mut self, q: u16, index: u16) {
+        if let Some(vq) = self.idle_queue(q) {
+            vq.queue.set_next_avail(index);
+            vq.queue.set_next_used(index);
+        }
+    }
+
     /// Enables a queue. Disabling is done by a queue reset.
     pub fn queue_enable(&mut self, q: u16) {
         let event_idx = self.negotiated(F_EVENT_IDX);
@@ -528,7 +515,7 @@ impl BlkDevice {
     /// Runs the device once: takes disk completions, retries parked requests if a retry is
     /// due, then consumes the kicked queues, and finally decides notifications and stop
     /// acknowledgements.
-    pub fn poll<M: GuestMemory, B: Backend>(&mut self, mem: &M, disk: &mut B) {
+    pub fn poll<M: GuestMemory, B: Backend + ?Sized>(&mut self, mem: &M, disk: &mut B) {
         while let Some(completion) = disk.next_completion() {
             self.complete(completion, mem);
         }
@@ -598,7 +585,12 @@ impl BlkDevice {
         }
     }
 
-    fn process_queue<M: GuestMemory, B: Backend>(&mut self, q: usize, mem: &M, disk: &mut B) {
+    fn process_queue<M: GuestMemory, B: Backend + ?Sized>(
+        &mut self,
+        q: usize,
+        mem: &M,
+        disk: &mut B,
+    ) {
         if !self.queues[q].queue.ready() {
             return;
         }
@@ -654,7 +646,7 @@ impl BlkDevice {
         self.queues[q].kicked = true;
     }
 
-    fn start<M: GuestMemory, B: Backend>(
+    fn start<M: GuestMemory, B: Backend + ?Sized>(
         &mut self,
         q: u16,
         head: u16,
@@ -710,7 +702,7 @@ impl BlkDevice {
         }
     }
 
-    fn submit<M: GuestMemory, B: Backend>(&mut self, seq: u64, mem: &M, disk: &mut B) {
+    fn submit<M: GuestMemory, B: Backend + ?Sized>(&mut self, seq: u64, mem: &M, disk: &mut B) {
         let req = &self.records[&seq].req;
         let io = match req.kind {
             Kind::In => Io::Read {

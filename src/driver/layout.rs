@@ -47,6 +47,11 @@ impl Slot {
             data: base + 0x1000,
         }
     }
+
+    /// The slot's two pages.
+    pub fn pages(&self) -> std::ops::Range<u64> {
+        self.header..self.header + SLOT_SIZE
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use crate::device::bits::*;
-use crate::program::{ReqType, Shape};
-use layout::{Slot, ring_base};
+use crate::program::{Corruption, ReqType, Shape};
+use crate::virtio::*;
+use layout::{Slot, ring_base, ring_pages};
 
 /// What a driver-built request looks like in guest memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub struct DriverQueue {
     free: Vec<u16>,
     /// Descriptors of each outstanding chain, by head.
     chains: BTreeMap<u16, Vec<u16>>,
+    /// Heads whose request slot was ever written, one bit each.
+    slots_used: [u64; 4],
 }
 
 impl DriverQueue {
@@ -74,7 +76,13 @@ impl DriverQueue {
             pending_reap: Vec::new(),
             free: (0..size).rev().collect(),
             chains: BTreeMap::new(),
+            slots_used: [0; 4],
         }
+    }
+
+    /// The used ring: where the device writes used entries, used idx and `avail_event`.
+    pub fn used_ring(&self) -> std::ops::Range<u64> {
+        self.used..self.avail_event_addr() + 2
     }
 
     fn used_event_addr(&self) -> u64 {
@@ -171,6 +179,7 @@ impl Driver {
         }
         let head = *dq.free.last().unwrap();
         let slot = Slot::of(q, head);
+        dq.slots_used[usize::from(head / 64)] |= 1 << (head % 64);
         let blk_type = match req {
             ReqType::Read => T_IN,
             ReqType::Write => T_OUT,
@@ -259,7 +268,7 @@ impl Driver {
         if event_idx {
             need_event(read16(mem, dq.avail_event_addr()), new, old)
         } else {
-            read16(mem, dq.used) & VRING_USED_F_NO_NOTIFY == 0
+            read16(mem, dq.used) & USED_F_NO_NOTIFY == 0
         }
     }
 
@@ -322,7 +331,39 @@ impl Driver {
         write(mem, dq.desc + 16 * u64::from(index % dq.size), &desc);
     }
 
-    pub fn desc<M: GuestMemory>(&self, mem: &M, q: u16, index: u16) -> [u8; 16] {
+    /// Hostile: corrupts descriptor `index` (modulo size) the way `how` says.
+    pub fn corrupt<M: GuestMemory>(&mut self, mem: &M, q: u16, index: u16, how: Corruption) {
+        let size = self.queues[usize::from(q)].size;
+        let index = index % size;
+        let mut d = self.desc(mem, q, index);
+        let flags = u16::from_le_bytes([d[12], d[13]]);
+        match how {
+            Corruption::Loop => {
+                d[12..14].copy_from_slice(&(flags | DESC_F_NEXT).to_le_bytes());
+                d[14..].copy_from_slice(&index.to_le_bytes());
+            }
+            Corruption::Address => {
+                d[..8].copy_from_slice(&(layout::MEM_SIZE as u64 + 0x1000).to_le_bytes());
+            }
+            Corruption::Length => d[8..12].copy_from_slice(&u32::MAX.to_le_bytes()),
+            Corruption::NestedIndirect => {
+                let table = Slot::of(q, index).table;
+                let inner = desc_bytes(table, 16, DESC_F_INDIRECT, 0);
+                write(mem, table, &inner);
+                d = inner;
+            }
+            Corruption::Flags => {
+                d[12..14].copy_from_slice(&(flags ^ (DESC_F_NEXT | DESC_F_WRITE)).to_le_bytes());
+            }
+            Corruption::Next => {
+                d[12..14].copy_from_slice(&(flags | DESC_F_NEXT).to_le_bytes());
+                d[14..].copy_from_slice(&size.to_le_bytes());
+            }
+        }
+        self.set_desc(mem, q, index, d);
+    }
+
+    fn desc<M: GuestMemory>(&self, mem: &M, q: u16, index: u16) -> [u8; 16] {
         let dq = &self.queues[usize::from(q)];
         let mut d = [0u8; 16];
         let _ = mem.read_slice(
@@ -331,9 +372,44 @@ impl Driver {
         );
         d
     }
-}
 
-const VRING_USED_F_NO_NOTIFY: u16 = 1;
+    /// The used idx the device has written.
+    pub fn used_idx<M: GuestMemory>(&self, mem: &M, q: u16) -> u16 {
+        read16(mem, self.queues[usize::from(q)].used + 2)
+    }
+
+    /// `used_event`, where the driver asks for its next interrupt (EVENT_IDX).
+    pub fn used_event<M: GuestMemory>(&self, mem: &M, q: u16) -> u16 {
+        read16(mem, self.queues[usize::from(q)].used_event_addr())
+    }
+
+    /// The avail ring's flags (`VRING_AVAIL_F_NO_INTERRUPT`).
+    pub fn avail_flags<M: GuestMemory>(&self, mem: &M, q: u16) -> u16 {
+        read16(mem, self.queues[usize::from(q)].avail)
+    }
+
+    /// The head in avail ring slot `slot`.
+    pub fn avail_slot<M: GuestMemory>(&self, mem: &M, q: u16, slot: u16) -> u16 {
+        let dq = &self.queues[usize::from(q)];
+        read16(mem, dq.avail + 4 + 2 * u64::from(slot % dq.size))
+    }
+
+    /// The pages this driver has laid anything out in: every queue's rings, and the request
+    /// slots of every head it has used.
+    pub fn pages_in_use(&self) -> Vec<std::ops::Range<u64>> {
+        let mut pages = Vec::new();
+        for (q, dq) in self.queues.iter().enumerate() {
+            let q = q as u16;
+            pages.push(ring_pages(q));
+            for head in 0..dq.size {
+                if dq.slots_used[usize::from(head / 64)] & (1 << (head % 64)) != 0 {
+                    pages.push(Slot::of(q, head).pages());
+                }
+            }
+        }
+        pages
+    }
+}
 
 /// Zeroes a ring that may hold old contents, and puts every index (avail idx, used idx,
 /// used_event, avail_event) at `start`.

@@ -3,7 +3,13 @@
 use std::ops::Range;
 
 use super::{Check, Invariant, ensure, violation};
-use crate::device::Snapshot;
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::driver::Driver;
+use crate::driver::layout::slot_area;
+use crate::dut::SavedState;
+use crate::model::{Model, ReqState};
+use crate::virtio::S_DRIVER_OK;
 
 /// What one device call did that a stopped or broken device must not do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,19 +25,49 @@ impl Activity {
     }
 }
 
+/// Where the device may write now: the used rings (with `avail_event`), and the writable
+/// buffers of the requests it may hold. Without a model (a hostile driver), any request
+/// buffer.
+pub fn allowed_writes(driver: &Driver, model: Option<&Model>) -> Vec<Range<u64>> {
+    let mut allowed: Vec<_> = driver.queues.iter().map(|dq| dq.used_ring()).collect();
+    match model {
+        Some(model) => {
+            for id in model.open_ids() {
+                let r = &model.requests[id];
+                if r.state == ReqState::Published {
+                    allowed.extend(r.writable.iter().map(|&(a, l)| a..a + u64::from(l)));
+                }
+            }
+        }
+        None => allowed.push(slot_area()),
+    }
+    allowed
+}
+
 /// The device writes only where it may: used rings (with `avail_event`) and the writable
-/// buffers of chains it holds.
+/// buffers of chains it holds. A write may span adjacent allowed ranges (a diff merges
+/// neighbouring writes), but every byte of it must be allowed.
 pub fn write_confined(writes: &[(u64, u32)], allowed: &[Range<u64>]) -> Check {
     for &(addr, len) in writes {
         let end = addr + u64::from(len);
-        let inside = allowed.iter().any(|r| r.start <= addr && end <= r.end);
-        if !inside {
-            return Err(violation(
-                Invariant::WriteConfined,
-                format!(
-                    "device wrote {len} bytes at {addr:#x}, outside the used rings and the writable buffers it holds"
-                ),
-            ));
+        let mut at = addr;
+        while at < end {
+            match allowed
+                .iter()
+                .filter(|r| r.contains(&at))
+                .map(|r| r.end)
+                .max()
+            {
+                Some(next) => at = next,
+                None => {
+                    return Err(violation(
+                        Invariant::WriteConfined,
+                        format!(
+                            "device wrote {len} bytes at {addr:#x}, byte {at:#x} outside the used rings and the writable buffers it holds"
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -98,9 +134,17 @@ pub fn used_monotone(q: u16, before: u16, after: u16, size: u16, ids: &[u32]) ->
     }
 }
 
-/// An accepted snapshot must describe a consistent device: the checks restore owes.
-/// `guest` gives each enabled queue's `(avail idx, used idx)` in guest memory.
-pub fn restore_rejects(snap: &Snapshot, offered: u64, guest: &[Option<(u16, u16)>]) -> Check {
+/// Restore accepted bytes it cannot itself decode.
+pub fn accepted_undecodable(why: impl std::fmt::Display) -> super::Violation {
+    violation(
+        Invariant::RestoreRejects,
+        format!("accepted bytes that do not decode: {why}"),
+    )
+}
+
+/// An accepted snapshot must describe a consistent device: the checks restore owes, against
+/// the offered features and the rings in guest memory.
+pub fn restore_rejects<M: GuestMemory>(snap: &SavedState, offered: u64, mem: &M) -> Check {
     let fail = |m: String| Err(violation(Invariant::RestoreRejects, m));
     if snap.driver_features & !offered != 0 {
         return fail(format!(
@@ -108,6 +152,7 @@ pub fn restore_rejects(snap: &Snapshot, offered: u64, guest: &[Option<(u16, u16)
             snap.driver_features
         ));
     }
+    let live = snap.status & S_DRIVER_OK != 0;
     for (q, state) in snap.queues.iter().enumerate() {
         let inuse = state.next_avail.wrapping_sub(state.next_used);
         if inuse > state.size {
@@ -116,24 +161,23 @@ pub fn restore_rejects(snap: &Snapshot, offered: u64, guest: &[Option<(u16, u16)
                 state.size
             ));
         }
-        let records = snap
-            .requests
-            .iter()
-            .filter(|r| usize::from(r.queue) == q)
-            .count();
+        let records = snap.held.iter().filter(|r| usize::from(r.0) == q).count();
         if usize::from(inuse) != records {
             return fail(format!(
                 "queue {q}: accepted inuse {inuse} with {records} held requests"
             ));
         }
-        if let Some(Some((avail, used))) = guest.get(q) {
+        let idx = |ring: u64| mem.read_obj::<u16>(GuestAddress(ring.checked_add(2)?)).ok();
+        if let (true, true, Some(avail), Some(used)) =
+            (live, state.ready, idx(state.avail), idx(state.used))
+        {
             if avail.wrapping_sub(state.next_avail) > state.size {
                 return fail(format!(
                     "queue {q}: accepted avail idx {avail} more than size {} ahead of next_avail {}",
                     state.size, state.next_avail
                 ));
             }
-            if *used != state.next_used {
+            if used != state.next_used {
                 return fail(format!(
                     "queue {q}: accepted next_used {} while guest used idx is {used}",
                     state.next_used
@@ -141,7 +185,7 @@ pub fn restore_rejects(snap: &Snapshot, offered: u64, guest: &[Option<(u16, u16)
             }
         }
     }
-    let mut heads: Vec<(u16, u16)> = snap.requests.iter().map(|r| (r.queue, r.head)).collect();
+    let mut heads = snap.held.clone();
     for &(q, head) in &heads {
         let Some(state) = snap.queues.get(usize::from(q)) else {
             return fail(format!(
@@ -168,11 +212,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_confined_needs_the_whole_write_inside_one_range() {
+    fn write_confined_needs_every_byte_allowed() {
         let allowed = [0x100..0x200, 0x300..0x301];
         assert!(write_confined(&[(0x100, 0x100), (0x300, 1)], &allowed).is_ok());
         assert!(write_confined(&[(0x1ff, 2)], &allowed).is_err());
         assert!(write_confined(&[(0x301, 1)], &allowed).is_err());
+        // Adjacent ranges together cover a merged write.
+        assert!(write_confined(&[(0x1ff, 2)], &[0x100..0x200, 0x200..0x201]).is_ok());
+        assert!(write_confined(&[(0x1ff, 3)], &[0x100..0x200, 0x200..0x201]).is_err());
     }
 
     #[test]

@@ -8,15 +8,38 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::{Check, Invariant, ensure, violation};
 use crate::backend::Io;
-use crate::device::{Held, InflightPolicy};
-use crate::driver::UsedElem;
-use crate::model::{Attempt, Model, Reaction, ReqId, ReqState, reaction};
+use crate::contract::{InflightPolicy, Reaction};
+use crate::driver::{Driver, UsedElem, need_event};
+use crate::dut::Held;
+use crate::model::{Attempt, Model, ReqId, ReqState};
 use crate::program::ReqType;
+use crate::virtio::{AVAIL_F_NO_INTERRUPT, F_EVENT_IDX, S_FEATURES_OK, S_NEEDS_RESET};
+
+/// The device could not be built or initialized the way a conforming driver asks.
+pub fn setup_refused(what: impl std::fmt::Display) -> super::Violation {
+    violation(Invariant::Live, format!("device refused {what}"))
+}
+
+/// FEATURES_OK sticks when the driver asks for offered features.
+pub fn features_accepted(status: u8, features: u64) -> Check {
+    ensure(status & S_FEATURES_OK != 0, Invariant::Live, || {
+        format!("device refused offered features {features:#x}")
+    })
+}
+
+/// A conforming driver never gives the device a reason to need a reset.
+pub fn never_needs_reset(status: u8) -> Check {
+    ensure(status & S_NEEDS_RESET == 0, Invariant::Live, || {
+        format!(
+            "the device set DEVICE_NEEDS_RESET (status {status:#04x}) under a conforming driver"
+        )
+    })
+}
 
 /// A new disk I/O must run a published request that may run now: not one dropped by a
 /// reset, not one already done, not one whose I/O is still running.
-pub fn exactly_once_io(model: &Model, io: &Io) -> Result<ReqId, super::Violation> {
-    let Some(id) = model.owner_of(io) else {
+pub fn exactly_once_io(model: &Model, io: &Io, owner: Option<ReqId>) -> Check {
+    let Some(id) = owner else {
         return Err(violation(
             Invariant::ExactlyOnce,
             format!("disk I/O {} for no outstanding request", describe(io)),
@@ -52,8 +75,8 @@ pub fn exactly_once_io(model: &Model, io: &Io) -> Result<ReqId, super::Violation
     }
     let policy = model.policy_for(r.kind);
     match &r.last {
-        None => Ok(id),
-        Some(Attempt::Failed(e)) if reaction(policy, *e) == Reaction::Park => Ok(id),
+        None => Ok(()),
+        Some(Attempt::Failed(e)) if policy.reaction(*e) == Reaction::Park => Ok(()),
         Some(Attempt::Failed(e)) => fail(
             Invariant::Parked,
             &format!("its failure ({e:?}) was to be reported under {policy:?}, not retried"),
@@ -64,9 +87,17 @@ pub fn exactly_once_io(model: &Model, io: &Io) -> Result<ReqId, super::Violation
     }
 }
 
+/// A used entry completes an open, published request, not while it is parked, with the
+/// status, length and data its I/O implies.
+pub fn used_entry<M: GuestMemory>(model: &Model, mem: &M, q: u16, elem: UsedElem) -> Check {
+    let id = used_id(model, q, elem)?;
+    parked(model, id)?;
+    data(model, mem, id, elem)
+}
+
 /// A used id names an open, published request; a request finished or dropped earlier must
 /// not come back.
-pub fn used_id(model: &Model, q: u16, elem: UsedElem) -> Result<ReqId, super::Violation> {
+fn used_id(model: &Model, q: u16, elem: UsedElem) -> Result<ReqId, super::Violation> {
     let head = elem.id as u16;
     match model.open(q, head) {
         Some(id) if model.requests[id].state == ReqState::Published => Ok(id),
@@ -100,7 +131,7 @@ pub fn used_id(model: &Model, q: u16, elem: UsedElem) -> Result<ReqId, super::Vi
 }
 
 /// A parked request gets no used entry until a retry succeeds or is reported.
-pub fn parked(model: &Model, id: ReqId) -> Check {
+fn parked(model: &Model, id: ReqId) -> Check {
     let r = &model.requests[id];
     match model.parked_by(id) {
         Some(e) => Err(violation(
@@ -115,7 +146,7 @@ pub fn parked(model: &Model, id: ReqId) -> Check {
 }
 
 /// The status byte, used length and data are what the request and its I/O imply.
-pub fn data<M: GuestMemory>(model: &Model, mem: &M, id: ReqId, elem: UsedElem) -> Check {
+fn data<M: GuestMemory>(model: &Model, mem: &M, id: ReqId, elem: UsedElem) -> Check {
     let r = &model.requests[id];
     let expected = match model.expected(id) {
         Ok(e) => e,
@@ -153,22 +184,52 @@ pub fn data<M: GuestMemory>(model: &Model, mem: &M, id: ReqId, elem: UsedElem) -
     Ok(())
 }
 
-/// At the end, the disk holds what the completed writes put there.
+/// At the end, the disk holds what the completed writes put there, wherever the model
+/// knows what that is.
 pub fn data_disk(model: &Model, image: &[u8]) -> Check {
     if model.disk == image {
         return Ok(());
     }
-    match model.disk.iter().zip(image).position(|(a, b)| a != b) {
-        None => Ok(()),
-        Some(at) => Err(violation(
+    let sector = crate::backend::SECTOR_SIZE as usize;
+    let differs = model
+        .disk
+        .iter()
+        .zip(image)
+        .enumerate()
+        .find(|(at, (a, b))| a != b && !model.uncertain.get(at / sector).copied().unwrap_or(false));
+    match differs {
+        None if model.disk.len() == image.len() => Ok(()),
+        None => Err(violation(
             Invariant::Data,
             format!(
-                "disk byte {at} (sector {}) expected {:#04x}, observed {:#04x}",
-                at / 512,
-                model.disk[at],
-                image[at]
+                "the disk holds {} bytes, expected {}",
+                image.len(),
+                model.disk.len()
             ),
         )),
+        Some((at, (want, got))) => Err(violation(
+            Invariant::Data,
+            format!(
+                "disk byte {at} (sector {}) expected {want:#04x}, observed {got:#04x}",
+                at / sector
+            ),
+        )),
+    }
+}
+
+/// Whether virtio's rules call for a notification as used idx moves from `old` to `new`:
+/// EVENT_IDX's `used_event`, or else the avail ring's NO_INTERRUPT flag.
+pub fn notification_due<M: GuestMemory>(
+    driver: &Driver,
+    mem: &M,
+    q: u16,
+    old: u16,
+    new: u16,
+) -> bool {
+    if driver.has(F_EVENT_IDX) {
+        need_event(driver.used_event(mem, q), new, old)
+    } else {
+        driver.avail_flags(mem, q) & AVAIL_F_NO_INTERRUPT == 0
     }
 }
 
@@ -182,12 +243,26 @@ pub fn notify(q: u16, moved: bool, expected: bool, count: u32) -> Check {
 }
 
 /// At the acknowledgement: under Drain nothing is held; under Track the held requests are
-/// exactly the popped but unused ones.
+/// exactly the popped but unused ones. `next_avail` is each queue's ring position: a
+/// published request before it has been popped.
 pub fn contract(
     policy: InflightPolicy,
     held: &[Held],
-    popped_unused: &BTreeSet<(u16, u16)>,
+    model: &Model,
+    next_avail: &[Option<u16>],
 ) -> Check {
+    let mut popped_unused = BTreeSet::new();
+    for id in model.open_ids() {
+        let r = &model.requests[id];
+        if r.state != ReqState::Published {
+            continue;
+        }
+        if let Some(Some(next)) = next_avail.get(usize::from(r.q))
+            && (1..0x8000).contains(&next.wrapping_sub(r.avail_pos))
+        {
+            popped_unused.insert((r.q, r.head));
+        }
+    }
     let held_set: BTreeSet<(u16, u16)> = held.iter().map(|h| (h.queue, h.head)).collect();
     match policy {
         InflightPolicy::Drain => ensure(
@@ -199,7 +274,7 @@ pub fn contract(
                 )
             },
         ),
-        InflightPolicy::Track => ensure(&held_set == popped_unused, Invariant::Contract, || {
+        InflightPolicy::Track => ensure(held_set == popped_unused, Invariant::Contract, || {
             format!(
                 "Track: stop acknowledged holding {held_set:?}, expected the popped but unused {popped_unused:?}"
             )
@@ -220,12 +295,20 @@ pub fn transparent(what: &str, status_before: u8, status_after: u8, interrupts: 
     )
 }
 
-/// Save, restore and save give the same state.
+/// Restore accepts the device's own snapshot.
+pub fn restore_accepts_own(refused: impl std::fmt::Display) -> super::Violation {
+    violation(
+        Invariant::RoundTrip,
+        format!("restore refused the device's own snapshot: {refused}"),
+    )
+}
+
+/// Save, restore and save give the same bytes. `second` is the restored device's save.
 pub fn round_trip(first: &[u8], second: Result<&[u8], String>) -> Check {
     match second {
         Err(e) => Err(violation(
             Invariant::RoundTrip,
-            format!("restore refused the device's own snapshot: {e}"),
+            format!("the restored device, still stopped, refused to save: {e}"),
         )),
         Ok(second) => ensure(first == second, Invariant::RoundTrip, || {
             let at = first

@@ -1,12 +1,14 @@
-//! The invariants a correct device keeps, one function per invariant, named after its id in
-//! DESIGN.md. Each returns the violation it sees, with the expected and the observed values;
-//! the engine calls them after every device call and every op, and stamps the step.
+//! The invariants a correct device keeps, named after their ids in DESIGN.md. Each check
+//! returns the violation it sees, with the expected and the observed values; the engine
+//! calls them after every device call and every op, and stamps the step.
 //!
 //! `always` holds what no driver can excuse; `conforming` holds what a device owes a driver
-//! that follows the spec. Nothing here knows how the device under test is built.
+//! that follows the spec; `skipped` lists what a device's capabilities leave unchecked.
+//! Nothing here knows how the device under test is built.
 
 pub mod always;
 pub mod conforming;
+pub mod skipped;
 
 use std::fmt;
 
@@ -75,14 +77,6 @@ impl Invariant {
     /// Whether it holds against any driver, hostile or not.
     pub fn is_always(self) -> bool {
         self <= Invariant::RestoreRejects
-    }
-
-    /// What a device must offer for the check to run.
-    pub fn needs_introspection(self) -> bool {
-        matches!(
-            self,
-            Invariant::AvailWindow | Invariant::InuseBound | Invariant::Contract
-        )
     }
 }
 

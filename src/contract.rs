@@ -1,0 +1,55 @@
+//! What a device promises about stops and failed I/O: the contract a program declares and
+//! the oracle holds the device to. Both the harness and the devices speak these types.
+
+use crate::backend::IoError;
+
+/// What the device guarantees about popped requests when it acknowledges a stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InflightPolicy {
+    /// Acknowledge only when every popped buffer has been used. Parked requests hold the
+    /// acknowledgement back until the disk heals and they complete.
+    Drain,
+    /// Acknowledge once no disk I/O is outstanding. Popped but unused requests are kept by
+    /// head, saved with the device, and resubmitted after resume or restore.
+    Track,
+}
+
+/// What a failed I/O does, per direction, as QEMU's `werror` and `rerror`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Complete with IOERR.
+    Report,
+    /// Complete with OK.
+    Ignore,
+    /// Park the request until the host retries it.
+    Stop,
+    /// Park on ENOSPC, report anything else. Writes only.
+    Enospc,
+}
+
+/// What a failed attempt leads to under a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaction {
+    Report,
+    Ignore,
+    Park,
+}
+
+impl ErrorPolicy {
+    pub fn reaction(self, error: IoError) -> Reaction {
+        match (self, error) {
+            (ErrorPolicy::Report, _) | (ErrorPolicy::Enospc, IoError::Io) => Reaction::Report,
+            (ErrorPolicy::Ignore, _) => Reaction::Ignore,
+            (ErrorPolicy::Stop, _) | (ErrorPolicy::Enospc, IoError::NoSpace) => Reaction::Park,
+        }
+    }
+}
+
+/// The whole contract: the in-flight policy at a stop and the error policy per direction
+/// (`read` is rerror, `write` is werror and also covers flushes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contract {
+    pub inflight: InflightPolicy,
+    pub write_policy: ErrorPolicy,
+    pub read_policy: ErrorPolicy,
+}

@@ -1,0 +1,279 @@
+//! The device boundary: everything the engine may do to a device under test, in the
+//! harness's own types.
+//!
+//! A device implements [`Device`]: the transport a driver sees (status, features, queue
+//! setup, kicks, events) and `poll`, which lets it run. Everything else is optional and
+//! reached through an accessor that returns `None` when the device does not offer it: host
+//! control, migration, setting a ring's start index, introspection of its rings, and
+//! inspection of its saved state. [`Capabilities`] say how the harness can see the device's
+//! guest-memory writes and whether it controls the device's disk I/O.
+//!
+//! The oracle uses whatever a device offers and lists every check it had to skip
+//! (`oracle::skipped`); a check never passes because its input was missing.
+//!
+//! Implementations: [`reference`] (the in-process reference device) and [`reduced`] (the
+//! reference behind a wrapper that hides capabilities, standing in for a remote device).
+
+pub mod reduced;
+pub mod reference;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::backend::Backend;
+use crate::contract::Contract;
+use crate::memory::WriteLog;
+use crate::program::MAX_QUEUES;
+
+/// What a device reaches while it runs: guest memory, and the disk the harness controls.
+/// A device that does its own I/O ([`DiskControl::External`]) leaves `disk` alone.
+pub struct Env<'a> {
+    pub mem: &'a GuestMemoryMmap<WriteLog>,
+    pub disk: &'a mut dyn Backend,
+}
+
+/// What the harness asks a device to be built as. A device may not offer all of it; what
+/// it really is comes back as its [`Description`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub queues: u16,
+    /// Disk size in sectors.
+    pub capacity: u64,
+    pub contract: Contract,
+}
+
+/// What a device is, read from the device: the harness expects what this says, never what
+/// it asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    /// Offered feature bits.
+    pub features: u64,
+    pub num_queues: u16,
+    pub queue_max_size: u16,
+    /// Disk size in sectors.
+    pub capacity: u64,
+    /// The GET_ID answer.
+    pub device_id: [u8; crate::virtio::ID_BYTES],
+    /// The contract the device keeps.
+    pub contract: Contract,
+}
+
+/// How the harness sees what a device writes to guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteObservation {
+    /// Every write, byte-exact and in order (an in-process device on the logged memory).
+    Exact,
+    /// The bytes that changed between two points: a write of an unchanged value is invisible.
+    Diff,
+    /// Not at all.
+    Blind,
+}
+
+/// Who does the device's disk I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskControl {
+    /// The device submits to the harness's disk ([`Env::disk`]), which completes or fails
+    /// each I/O when the program says.
+    Harness,
+    /// The device does its own I/O on an image the harness can only read
+    /// ([`Device::disk_image`]).
+    External,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    pub writes: WriteObservation,
+    pub disk: DiskControl,
+    /// The same calls always give the same results. A remote device is not.
+    pub deterministic: bool,
+}
+
+/// What a device signalled since the last [`Device::take_events`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Events {
+    /// Used-buffer notifications, per queue.
+    pub used: [u32; MAX_QUEUES],
+    /// Configuration-change notifications.
+    pub config: u32,
+}
+
+impl Events {
+    pub fn total(&self) -> u32 {
+        self.used.iter().sum::<u32>() + self.config
+    }
+
+    pub fn add(&mut self, other: Events) {
+        for (a, b) in self.used.iter_mut().zip(other.used) {
+            *a += b;
+        }
+        self.config += other.config;
+    }
+}
+
+/// Where a host stop stands, as the device reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopState {
+    Running,
+    /// Requested, not yet acknowledged.
+    Stopping,
+    /// Acknowledged: quiet until resumed.
+    Stopped,
+}
+
+/// A popped request the device still holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Held {
+    pub queue: u16,
+    pub head: u16,
+    /// Failed under a stop-class policy and waiting for a retry.
+    pub parked: bool,
+}
+
+/// Why a device call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The device refused, and said why (a save while running, a snapshot it rejects).
+    #[error("{0}")]
+    Refused(String),
+    /// The device cannot be built as asked.
+    #[error("cannot build the device: {0}")]
+    Build(String),
+}
+
+/// The device under test. Object-safe: the engine holds a `Box<dyn Device>`.
+pub trait Device {
+    fn describe(&self) -> Description;
+    fn capabilities(&self) -> Capabilities;
+
+    fn read_status(&self) -> u8;
+    fn write_status(&mut self, value: u8);
+    fn set_driver_features(&mut self, features: u64);
+    fn queue_set_size(&mut self, q: u16, size: u16);
+    fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64);
+    fn queue_enable(&mut self, q: u16);
+    /// Virtqueue reset (`VIRTIO_F_RING_RESET`).
+    fn queue_reset(&mut self, q: u16);
+    fn kick(&mut self, q: u16);
+    /// Lets the device run: take completions, consume kicked queues, notify.
+    fn poll(&mut self, env: &mut Env);
+    fn take_events(&mut self) -> Events;
+
+    fn host(&mut self) -> Option<&mut dyn HostControl> {
+        None
+    }
+    fn migration(&mut self) -> Option<&mut dyn Migration> {
+        None
+    }
+    fn ring_base(&mut self) -> Option<&mut dyn RingBase> {
+        None
+    }
+    fn introspection(&self) -> Option<&dyn Introspection> {
+        None
+    }
+    fn snapshot_inspection(&self) -> Option<&dyn SnapshotInspection> {
+        None
+    }
+    /// The disk as the device left it, for [`DiskControl::External`].
+    fn disk_image(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// The VMM's side: stops invisible to the guest, and retries after a storage fix.
+pub trait HostControl {
+    fn stop(&mut self, env: &mut Env);
+    fn resume(&mut self, env: &mut Env);
+    /// The storage problem is fixed: retry parked requests (QEMU's `cont`).
+    fn retry(&mut self, env: &mut Env);
+    fn stop_state(&mut self) -> StopState;
+}
+
+/// Save a stopped device, and restore saved bytes into a fresh one.
+pub trait Migration {
+    fn save(&mut self) -> Result<Vec<u8>, DeviceError>;
+    /// A freshly built device like this one, restored from `bytes` over the same guest
+    /// memory and disk, host-stopped until resumed.
+    fn restore_fresh(
+        &mut self,
+        bytes: &[u8],
+        env: &mut Env,
+    ) -> Result<Box<dyn Device>, DeviceError>;
+}
+
+/// Sets a queue's start index between setting its addresses and enabling it (vhost-user's
+/// SET_VRING_BASE): how a run starts near the 16-bit wrap.
+pub trait RingBase {
+    fn set_base(&mut self, q: u16, index: u16);
+}
+
+/// The device's own view of its rings.
+pub trait Introspection {
+    /// `(next_avail, next_used)` of a queue.
+    fn ring_position(&self, q: u16) -> Option<(u16, u16)>;
+    /// Requests popped and not yet used, in fetch order.
+    fn held(&self) -> Vec<Held>;
+}
+
+/// Saved bytes decoded into what the oracle checks an accepted restore against.
+pub trait SnapshotInspection {
+    fn inspect(&self, bytes: &[u8]) -> Result<SavedState, DeviceError>;
+}
+
+/// A saved device, as far as the oracle needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedState {
+    pub status: u8,
+    pub driver_features: u64,
+    pub queues: Vec<SavedQueue>,
+    /// Held requests, by queue and head.
+    pub held: Vec<(u16, u16)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedQueue {
+    pub size: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+/// Builds devices under test, one per run.
+pub trait Factory {
+    fn build(&self, want: &Want) -> Result<Box<dyn Device>, DeviceError>;
+}
+
+impl<F: Fn(&Want) -> Result<Box<dyn Device>, DeviceError>> Factory for F {
+    fn build(&self, want: &Want) -> Result<Box<dyn Device>, DeviceError> {
+        self(want)
+    }
+}
+
+/// The devices `stopfuzz` can run against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceKind {
+    #[default]
+    Reference,
+    /// The reference device with these capabilities hidden.
+    Reduced(reduced::Hidden),
+}
+
+impl Factory for DeviceKind {
+    fn build(&self, want: &Want) -> Result<Box<dyn Device>, DeviceError> {
+        let reference = reference::build(want)?;
+        Ok(match *self {
+            DeviceKind::Reference => reference,
+            DeviceKind::Reduced(hidden) => Box::new(reduced::Reduced::new(reference, hidden)),
+        })
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKind::Reference => f.write_str("reference"),
+            DeviceKind::Reduced(hidden) => write!(f, "reduced({hidden})"),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The reference device behind the boundary: every capability, exact write observation,
+//! and a disk the harness controls.
+
+use super::{
+    Capabilities, Description, Device, DeviceError, DiskControl, Env, Events, Held, HostControl,
+    Introspection, Migration, RingBase, SavedQueue, SavedState, SnapshotInspection, StopState,
+    Want, WriteObservation,
+};
+use crate::device::{self, BlkDevice, DeviceConfig, MAX_QUEUE_SIZE, Snapshot, bits};
+
+/// The GET_ID answer of every reference device.
+pub const DEVICE_ID: [u8; 20] = *b"stopfuzz-reference\0\0";
+
+/// A reference device offering every feature, built as `want` asks.
+pub fn build(want: &Want) -> Result<Box<dyn Device>, DeviceError> {
+    let config = DeviceConfig {
+        num_queues: want.queues,
+        queue_max_size: MAX_QUEUE_SIZE,
+        capacity: want.capacity,
+        features: bits::SUPPORTED,
+        inflight: want.contract.inflight,
+        write_policy: want.contract.write_policy,
+        read_policy: want.contract.read_policy,
+        device_id: DEVICE_ID,
+    };
+    let dev = BlkDevice::new(config).map_err(|e| DeviceError::Build(e.to_string()))?;
+    Ok(Box::new(dev))
+}
+
+fn stop_state(s: device::StopState) -> StopState {
+    match s {
+        device::StopState::Running => StopState::Running,
+        device::StopState::Stopping => StopState::Stopping,
+        device::StopState::Stopped => StopState::Stopped,
+    }
+}
+
+impl Device for BlkDevice {
+    fn describe(&self) -> Description {
+        let c = self.config();
+        Description {
+            features: c.features,
+            num_queues: c.num_queues,
+            queue_max_size: c.queue_max_size,
+            capacity: c.capacity,
+            device_id: c.device_id,
+            contract: crate::contract::Contract {
+                inflight: c.inflight,
+                write_policy: c.write_policy,
+                read_policy: c.read_policy,
+            },
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            writes: WriteObservation::Exact,
+            disk: DiskControl::Harness,
+            deterministic: true,
+        }
+    }
+
+    fn read_status(&self) -> u8 {
+        BlkDevice::read_status(self)
+    }
+
+    fn write_status(&mut self, value: u8) {
+        BlkDevice::write_status(self, value)
+    }
+
+    fn set_driver_features(&mut self, features: u64) {
+        BlkDevice::set_driver_features(self, features)
+    }
+
+    fn queue_set_size(&mut self, q: u16, size: u16) {
+        BlkDevice::queue_set_size(self, q, size)
+    }
+
+    fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64) {
+        BlkDevice::queue_set_addresses(self, q, desc, avail, used)
+    }
+
+    fn queue_enable(&mut self, q: u16) {
+        BlkDevice::queue_enable(self, q)
+    }
+
+    fn queue_reset(&mut self, q: u16) {
+        BlkDevice::queue_reset(self, q)
+    }
+
+    fn kick(&mut self, q: u16) {
+        BlkDevice::kick(self, q)
+    }
+
+    fn poll(&mut self, env: &mut Env) {
+        BlkDevice::poll(self, env.mem, env.disk)
+    }
+
+    fn take_events(&mut self) -> Events {
+        let i = BlkDevice::take_interrupts(self);
+        let mut used = [0; crate::program::MAX_QUEUES];
+        for (e, n) in used.iter_mut().zip(i.used) {
+            *e = n;
+        }
+        Events {
+            used,
+            config: i.config,
+        }
+    }
+
+    fn host(&mut self) -> Option<&mut dyn HostControl> {
+        Some(self)
+    }
+
+    fn migration(&mut self) -> Option<&mut dyn Migration> {
+        Some(self)
+    }
+
+    fn ring_base(&mut self) -> Option<&mut dyn RingBase> {
+        Some(self)
+    }
+
+    fn introspection(&self) -> Option<&dyn Introspection> {
+        Some(self)
+    }
+
+    fn snapshot_inspection(&self) -> Option<&dyn SnapshotInspection> {
+        Some(self)
+    }
+}
+
+impl HostControl for BlkDevice {
+    fn stop(&mut self, _: &mut Env) {
+        self.host_stop()
+    }
+
+    fn resume(&mut self, _: &mut Env) {
+        self.host_resume()
+    }
+
+    fn retry(&mut self, _: &mut Env) {
+        self.host_retry()
+    }
+
+    fn stop_state(&mut self) -> StopState {
+        stop_state(self.host_stop_state())
+    }
+}
+
+impl Migration for BlkDevice {
+    fn save(&mut self) -> Result<Vec<u8>, DeviceError> {
+        BlkDevice::save(self).map_err(|e| DeviceError::Refused(e.to_string()))
+    }
+
+    fn restore_fresh(
+        &mut self,
+        bytes: &[u8],
+        env: &mut Env,
+    ) -> Result<Box<dyn Device>, DeviceError> {
+        let mut fresh =
+            BlkDevice::new(self.config().clone()).map_err(|e| DeviceError::Build(e.to_string()))?;
+        fresh
+            .restore(bytes, env.mem)
+            .map_err(|e| DeviceError::Refused(e.to_string()))?;
+        Ok(Box::new(fresh))
+    }
+}
+
+impl RingBase for BlkDevice {
+    fn set_base(&mut self, q: u16, index: u16) {
+        self.queue_set_base(q, index)
+    }
+}
+
+impl Introspection for BlkDevice {
+    fn ring_position(&self, q: u16) -> Option<(u16, u16)> {
+        self.queue_position(q)
+    }
+
+    fn held(&self) -> Vec<Held> {
+        BlkDevice::held(self)
+            .map(|h| Held {
+                queue: h.queue,
+                head: h.head,
+                parked: h.parked,
+            })
+            .collect()
+    }
+}
+
+impl SnapshotInspection for BlkDevice {
+    fn inspect(&self, bytes: &[u8]) -> Result<SavedState, DeviceError> {
+        let snap = Snapshot::decode(bytes).map_err(|e| DeviceError::Refused(e.to_string()))?;
+        Ok(SavedState {
+            status: snap.status,
+            driver_features: snap.driver_features,
+            queues: snap
+                .queues
+                .iter()
+                .map(|q| SavedQueue {
+                    size: q.size,
+                    ready: q.ready,
+                    desc: q.desc_table,
+                    avail: q.avail_ring,
+                    used: q.used_ring,
+                    next_avail: q.next_avail,
+                    next_used: q.next_used,
+                })
+                .collect(),
+            held: snap.requests.iter().map(|r| (r.queue, r.head)).collect(),
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! Runs a [`Program`] against a device under test and checks every step.
+//!
+//! The jobs, one module each: [`setup`] brings the device up; [`steps`] runs the op loop,
+//! the trace and the digest; [`observe`] brackets every device call and hands what it did
+//! to the oracle; [`ops`] applies the conforming ops and [`hostile`] the hostile ones;
+//! [`host`] stops, resumes and migrates; [`liveness`] runs everything to completion at
+//! the end; [`snapshot`] is the snapshot target's restore phase; [`rings`] draws the rings.
+//!
+//! Bookkeeping (the driver reading used entries, the model completing requests) runs at
+//! every oracle level; the level only decides whether the checks run. A run depends only
+//! on the program and the device: no clocks, no threads, no hashing with random keys.
+
+mod host;
+mod hostile;
+mod liveness;
+mod observe;
+mod ops;
+mod rings;
+mod setup;
+mod snapshot;
+mod steps;
+
+pub use ops::pattern;
+
+use crate::backend::MemDisk;
+use crate::driver::Driver;
+use crate::driver::layout::MEM_SIZE;
+use crate::dut::{Capabilities, Description, Device, DeviceKind, Events, Factory};
+use crate::memory::{Checkpoint, GuestMem};
+use crate::model::Model;
+use crate::oracle::skipped::{Offered, Skip};
+use crate::oracle::{Check, Invariant};
+use crate::program::{Config, MAX_QUEUES, Program};
+use crate::shadow::Shadow;
+use crate::trace::{Digest, Trace};
+
+/// How much the oracle checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OracleLevel {
+    /// Every invariant.
+    #[default]
+    Full,
+    /// Only `no-panic`: what a crash-only fuzzer sees. The run is the same, with the same
+    /// trace and digest; only the checks do not run, so the difference in speed is their cost.
+    CrashOnly,
+}
+
+/// Whether hostile ops run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Conforming,
+    Hostile,
+}
+
+/// How the snapshot target changes a snapshot before restoring it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotEdit {
+    /// XOR `value` into the byte at `offset` (modulo the length), for each pair.
+    Mutate(Vec<(u16, u8)>),
+    /// Restore these bytes instead.
+    Replace(Vec<u8>),
+}
+
+/// A broken invariant at a step (0 is setup, `ops + 1` the liveness phase).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub invariant: Invariant,
+    pub step: usize,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Finding(Finding),
+}
+
+/// The states the thread worries about, as reached by one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scenarios(pub u8);
+
+impl Scenarios {
+    pub const WRAP_INFLIGHT: u8 = 1;
+    pub const STOP_ACKED_INFLIGHT: u8 = 2;
+    pub const MIGRATE_PARKED: u8 = 4;
+    pub const OOO_SLOT_REUSE: u8 = 8;
+    pub const REJECTED_RESTORE: u8 = 16;
+    pub const NEEDS_RESET_HOSTILE: u8 = 32;
+    pub const NAMES: [(u8, &'static str); 6] = [
+        (Self::WRAP_INFLIGHT, "wrap_with_inflight"),
+        (Self::STOP_ACKED_INFLIGHT, "stop_acked_with_inflight"),
+        (Self::MIGRATE_PARKED, "migration_with_parked"),
+        (Self::OOO_SLOT_REUSE, "ooo_then_slot_reuse"),
+        (Self::REJECTED_RESTORE, "rejected_restore"),
+        (Self::NEEDS_RESET_HOSTILE, "needs_reset_hostile"),
+    ];
+
+    pub fn set(&mut self, flag: u8) {
+        self.0 |= flag;
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+}
+
+/// What a run gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub scenarios: Scenarios,
+    /// Hash of every step's op and effects, and of the outcome.
+    pub digest: u64,
+    /// Rendered steps, when the run was traced.
+    pub trace: Option<Trace>,
+    /// Checks the device's capabilities left without input.
+    pub skipped: Vec<Skip>,
+}
+
+/// One guest memory (and, for diff-observed devices, its shadow), reused by every run of
+/// a worker.
+pub struct Engine {
+    mem: GuestMem,
+    shadow: Option<Shadow>,
+    pub oracle: OracleLevel,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Engine {
+            mem: GuestMem::new(MEM_SIZE),
+            shadow: None,
+            oracle: OracleLevel::Full,
+        }
+    }
+
+    /// Runs `program` against the reference device.
+    pub fn run(&mut self, program: &Program, mode: Mode, traced: bool) -> Report {
+        self.run_on(&DeviceKind::Reference, program, mode, None, traced)
+    }
+
+    /// Runs `program` against a device `factory` builds. With `edit`, a snapshot phase
+    /// follows the liveness phase: the device is stopped and saved, the snapshot edited,
+    /// and restored into a fresh device.
+    pub fn run_on(
+        &mut self,
+        factory: &dyn Factory,
+        program: &Program,
+        mode: Mode,
+        edit: Option<&SnapshotEdit>,
+        traced: bool,
+    ) -> Report {
+        let checks = self.oracle == OracleLevel::Full;
+        let (report, diffed) = match Run::new(
+            &self.mem,
+            &mut self.shadow,
+            factory,
+            program,
+            mode,
+            traced,
+            checks,
+        ) {
+            Err(v) => (steps::setup_failure(v, traced), false),
+            Ok(mut run) => {
+                let mut result = run.execute(&program.ops);
+                if let (Ok(()), Some(edit)) = (&result, edit) {
+                    run.step += 1;
+                    result = run.snapshot_phase(edit);
+                }
+                let diffed = run.shadow.is_some();
+                (run.report(result), diffed)
+            }
+        };
+        self.clean(diffed);
+        report
+    }
+
+    /// Zeroes what this run wrote now rather than before the next one, so a run's work, and
+    /// the coverage a fuzzer sees, depend on its own input alone.
+    fn clean(&mut self, diffed: bool) {
+        if let (true, Some(shadow)) = (diffed, self.shadow.as_mut()) {
+            // Writes the log never saw (a device in another process) are zeroed by hand.
+            let everything = shadow.everything();
+            for (addr, len) in shadow.diff(&self.mem, &[everything]) {
+                let _ = vm_memory::Bytes::write_slice(
+                    self.mem.mem(),
+                    &vec![0; len as usize],
+                    vm_memory::GuestAddress(addr),
+                );
+            }
+            shadow.reset();
+        }
+        self.mem.reset();
+    }
+}
+
+/// One program's run.
+pub struct Run<'m> {
+    mem: &'m GuestMem,
+    /// For a device whose writes are seen as a memory diff.
+    shadow: Option<&'m mut Shadow>,
+    /// The harness's writes up to here are in the shadow.
+    synced: Checkpoint,
+    dev: Box<dyn Device>,
+    desc: Description,
+    caps: Capabilities,
+    offered: Offered,
+    disk: MemDisk,
+    driver: Driver,
+    model: Model,
+    cfg: Config,
+    mode: Mode,
+    features: u64,
+    /// A hostile op ran since the last device reset.
+    hostile: bool,
+    step: usize,
+    /// Per queue: whether the device has made a notification decision since the last
+    /// initialization, reset or restore.
+    signal_valid: [bool; MAX_QUEUES],
+    /// Per queue: used idx as last read, `None` once the driver rewrote its rings.
+    used_seen: [Option<u16>; MAX_QUEUES],
+    scenarios: Scenarios,
+    digest: Digest,
+    trace: Option<Trace>,
+    /// Events of the last device call.
+    last_events: Events,
+    /// The device runs from a snapshot the driver did not make: its rings and buffers are
+    /// wherever the snapshot says, so only the ring-independent checks apply.
+    foreign: bool,
+    /// The current device call is a poll: the only call that may consume buffers.
+    polling: bool,
+    /// The oracle runs (not crash-only).
+    checks: bool,
+}
+
+impl Run<'_> {
+    fn queues(&self) -> u16 {
+        self.driver.queues.len() as u16
+    }
+
+    fn conforming(&self) -> bool {
+        !self.hostile
+    }
+
+    /// Runs `check` unless the oracle is off.
+    fn check(&self, check: impl FnOnce() -> Check) -> Check {
+        if self.checks { check() } else { Ok(()) }
+    }
+
+    fn note(&mut self, text: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.note(&text());
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Every call into the device goes through [`Run::call`], which observes what the call did
+//! (guest-memory writes as the device lets them be seen, events, new disk I/O, status and
+//! ring positions), advances the bookkeeping (the driver reads used entries, the model
+//! completes requests and records I/O) and, unless the oracle is off, checks all of it.
+
+use super::{Run, Scenarios};
+use crate::backend::{Io, IoTag};
+use crate::dut::{Device, DiskControl, Env, Events, StopState, WriteObservation};
+use crate::memory::Checkpoint;
+use crate::oracle::always::{self, Activity};
+use crate::oracle::{Check, conforming};
+use crate::program::{MAX_QUEUES, Trigger};
+use crate::virtio::*;
+
+/// What the oracle sees of the device at one moment. Fixed arrays: this is built twice per
+/// device call.
+#[derive(Clone, Debug)]
+pub(super) struct View {
+    pub status: u8,
+    pub host: Option<StopState>,
+    /// Per queue: (next_avail, next_used), with introspection.
+    pub position: [Option<(u16, u16)>; MAX_QUEUES],
+    pub avail: [u16; MAX_QUEUES],
+    pub used: [u16; MAX_QUEUES],
+}
+
+impl Run<'_> {
+    /// Calls into the device and observes, records and checks what the call did.
+    pub(super) fn call(&mut self, f: impl FnOnce(&mut dyn Device, &mut Env)) -> Check {
+        let diff = self.checks && self.shadow.is_some();
+        if diff {
+            self.sync_shadow();
+        }
+        let cp = self.mem.checkpoint();
+        let submitted = self.disk.submitted();
+        let before = self.checks.then(|| {
+            let used = self.used_before();
+            self.view(used)
+        });
+        {
+            let mut env = Env {
+                mem: self.mem.mem(),
+                disk: &mut self.disk,
+            };
+            f(self.dev.as_mut(), &mut env);
+        }
+        let writes = self.device_writes(cp);
+        if diff {
+            self.synced = self.mem.checkpoint();
+        }
+        let events = self.dev.take_events();
+        self.last_events = events;
+        let new_io: Vec<(IoTag, Io)> = match self.caps.disk {
+            DiskControl::Harness => self
+                .disk
+                .outstanding()
+                .filter(|(t, _)| *t >= submitted)
+                .map(|(t, io)| (t, io.clone()))
+                .collect(),
+            DiskControl::External => Vec::new(),
+        };
+        // Used idx cannot move in a call that, seen exactly, wrote nothing.
+        let quiet = self.caps.writes == WriteObservation::Exact
+            && self.mem.writes_since(cp).next().is_none();
+        let mut used = [0u16; MAX_QUEUES];
+        for q in 0..self.queues() {
+            let i = usize::from(q);
+            used[i] = match self.used_seen[i] {
+                Some(u) if quiet => u,
+                _ => self.driver.used_idx(self.mem.mem(), q),
+            };
+            self.used_seen[i] = Some(used[i]);
+        }
+        self.observe(before, used, &writes, events, &new_io)
+    }
+
+    pub(super) fn poll(&mut self) -> Check {
+        self.polling = true;
+        let result = self.call(|d, env| d.poll(env));
+        self.polling = false;
+        result
+    }
+
+    fn used_before(&mut self) -> [u16; MAX_QUEUES] {
+        let mut used = [0u16; MAX_QUEUES];
+        for q in 0..self.queues() {
+            let i = usize::from(q);
+            used[i] = match self.used_seen[i] {
+                Some(u) => u,
+                None => self.driver.used_idx(self.mem.mem(), q),
+            };
+            self.used_seen[i] = Some(used[i]);
+        }
+        used
+    }
+
+    /// The device and the rings now. Avail idx comes from the driver, its only writer (the
+    /// write checks hold the device to that).
+    fn view(&mut self, used: [u16; MAX_QUEUES]) -> View {
+        let mut view = View {
+            status: self.dev.read_status(),
+            host: self.dev.host().map(|h| h.stop_state()),
+            position: [None; MAX_QUEUES],
+            avail: [0; MAX_QUEUES],
+            used,
+        };
+        let intro = self.dev.introspection();
+        for (i, dq) in self.driver.queues.iter().enumerate() {
+            if let Some(intro) = intro {
+                view.position[i] = intro.ring_position(i as u16);
+            }
+            view.avail[i] = dq.published;
+        }
+        view
+    }
+
+    /// What the device wrote since `cp`, as far as it lets the harness see (checks only).
+    fn device_writes(&mut self, cp: Checkpoint) -> Vec<(u64, u32)> {
+        if !self.checks {
+            return Vec::new();
+        }
+        match self.caps.writes {
+            WriteObservation::Exact => self.mem.writes_since(cp).collect(),
+            WriteObservation::Diff => {
+                let pages = self.driver.pages_in_use();
+                match self.shadow.as_mut() {
+                    Some(shadow) => shadow.diff(self.mem, &pages),
+                    None => Vec::new(),
+                }
+            }
+            WriteObservation::Blind => Vec::new(),
+        }
+    }
+
+    /// Takes the harness's own writes since the last device call into the shadow.
+    fn sync_shadow(&mut self) {
+        if let Some(shadow) = self.shadow.as_mut() {
+            shadow.sync(self.mem, self.synced);
+        }
+    }
+
+    /// With writes seen as a diff, the whole memory once more: a write outside the pages the
+    /// driver laid out shows up only here.
+    pub(super) fn final_diff(&mut self) -> Check {
+        if !self.checks || self.shadow.is_none() {
+            return Ok(());
+        }
+        self.sync_shadow();
+        let writes = match self.shadow.as_mut() {
+            Some(shadow) => {
+                let everything = shadow.everything();
+                shadow.diff(self.mem, &[everything])
+            }
+            None => Vec::new(),
+        };
+        self.synced = self.mem.checkpoint();
+        let allowed = always::allowed_writes(&self.driver, None);
+        always::write_confined(&writes, &allowed)
+    }
+
+    pub(super) fn driver_acked(&self, status: u8) -> bool {
+        match self.cfg.trigger {
+            Trigger::Suspend => status & S_SUSPEND != 0 && status & S_DRIVER_OK == 0,
+            Trigger::StopBit => status & S_STOPPED != 0,
+        }
+    }
+
+    fn acked(&self, v: &View) -> (bool, bool) {
+        (
+            self.driver_acked(v.status),
+            v.host == Some(StopState::Stopped),
+        )
+    }
+
+    fn observe(
+        &mut self,
+        before: Option<super::observe::View>,
+        used: [u16; MAX_QUEUES],
+        writes: &[(u64, u32)],
+        events: Events,
+        new_io: &[(IoTag, Io)],
+    ) -> Check {
+        let after = before.as_ref().map(|_| self.view(used));
+        let mut newly_acked = false;
+        if let (Some(before), Some(after)) = (&before, &after) {
+            let activity = Activity {
+                writes: writes.len(),
+                interrupts: events.total(),
+                new_io: new_io.len(),
+            };
+            let (drv_before, host_before) = self.acked(before);
+            let (drv_after, host_after) = self.acked(after);
+            newly_acked = (!drv_before && drv_after) || (!host_before && host_after);
+            always::quiet_when_stopped(
+                (drv_before && drv_after) || (host_before && host_after),
+                activity,
+            )?;
+            always::broken_stays_quiet(before.status & S_NEEDS_RESET != 0, activity)?;
+            if !self.foreign {
+                if !writes.is_empty() {
+                    // The model has not yet seen this call's completions: these are the
+                    // buffers the device held when the call began.
+                    let model = self.conforming().then_some(&self.model);
+                    always::write_confined(writes, &always::allowed_writes(&self.driver, model))?;
+                }
+                if after.status & S_NEEDS_RESET != 0 && self.mode == super::Mode::Hostile {
+                    self.scenarios.set(Scenarios::NEEDS_RESET_HOSTILE);
+                }
+                if self.conforming() {
+                    conforming::never_needs_reset(after.status)?;
+                }
+            }
+        }
+        if self.foreign {
+            return Ok(());
+        }
+        let external = self.caps.disk == DiskControl::External;
+        for q in 0..self.queues() {
+            let i = usize::from(q);
+            let size = self.driver.queues[i].size;
+            if let (Some(b), Some(a)) = (&before, &after)
+                && let (Some(pb), Some(pa)) = (b.position[i], a.position[i])
+            {
+                always::inuse_bound(q, pa.0, pa.1, size)?;
+                if self.polling {
+                    let window = b.avail[i].wrapping_sub(pb.0);
+                    always::avail_window(q, window, size, (pb.0, pa.0))?;
+                }
+                if (pa.0 < pb.0 || a.used[i] < b.used[i]) && self.open_inflight() {
+                    self.scenarios.set(Scenarios::WRAP_INFLIGHT);
+                }
+            }
+            let elems = if used[i] == self.driver.queues[i].observed {
+                Vec::new()
+            } else {
+                self.driver.observe(self.mem.mem(), q, used[i])
+            };
+            if let Some(b) = &before {
+                let ids: Vec<u32> = elems.iter().map(|e| e.id).collect();
+                always::used_monotone(q, b.used[i], used[i], size, &ids)?;
+            }
+            if !self.conforming() {
+                continue;
+            }
+            for elem in elems {
+                let id = self
+                    .model
+                    .published(q, elem.id as u16)
+                    .filter(|_| elem.id <= 0xffff);
+                if let (true, Some(id)) = (external, id) {
+                    self.model.external_io_done(id);
+                }
+                self.check(|| conforming::used_entry(&self.model, self.mem.mem(), q, elem))?;
+                if let Some(id) = id {
+                    self.model.complete(id);
+                }
+            }
+        }
+        if !self.conforming() {
+            return Ok(());
+        }
+        for (tag, io) in new_io {
+            let owner = self.model.owner_of(io);
+            self.check(|| conforming::exactly_once_io(&self.model, io, owner))?;
+            if let Some(id) = owner {
+                self.model.io_started(*tag, id);
+            }
+        }
+        let (Some(before), Some(after)) = (before, after) else {
+            return Ok(());
+        };
+        for q in 0..self.queues() {
+            let i = usize::from(q);
+            let moved = used[i] != before.used[i];
+            let expected = !self.signal_valid[i]
+                || conforming::notification_due(
+                    &self.driver,
+                    self.mem.mem(),
+                    q,
+                    before.used[i],
+                    used[i],
+                );
+            conforming::notify(q, moved, expected, events.used[i])?;
+            if moved {
+                self.signal_valid[i] = true;
+            }
+        }
+        if newly_acked {
+            self.check_contract(&after)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn open_inflight(&self) -> bool {
+        self.model
+            .open_ids()
+            .any(|id| self.model.requests[id].state == crate::model::ReqState::Published)
+    }
+
+    /// At a stop acknowledgement, the held requests are what the contract says.
+    fn check_contract(&mut self, view: &View) -> Check {
+        if self.open_inflight() {
+            self.scenarios.set(Scenarios::STOP_ACKED_INFLIGHT);
+        }
+        let Some(intro) = self.dev.introspection() else {
+            return Ok(());
+        };
+        let next_avail: Vec<Option<u16>> = view.position.iter().map(|p| p.map(|p| p.0)).collect();
+        conforming::contract(
+            self.desc.contract.inflight,
+            &intro.held(),
+            &self.model,
+            &next_avail,
+        )
+    }
+}

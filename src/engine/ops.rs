@@ -1,0 +1,300 @@
+//! The conforming ops: what a driver that follows the spec, and the disk, can do.
+
+use super::Run;
+use crate::backend::{IoError, IoTag, SECTOR_SIZE};
+use crate::driver::Driver;
+use crate::dut::DiskControl;
+use crate::model::{ReqState, Request};
+use crate::oracle::Check;
+use crate::program::{Op, ReqType, Shape, Trigger};
+use crate::virtio::*;
+
+impl Run<'_> {
+    pub(super) fn apply(&mut self, op: &Op) -> Check {
+        if op.kind().is_hostile() {
+            if self.mode == super::Mode::Conforming {
+                self.note(|| "skipped: hostile op in the conforming target".into());
+                return Ok(());
+            }
+            self.hostile = true;
+            return self.apply_hostile(op);
+        }
+        let nq = self.queues();
+        if self.caps.disk == DiskControl::External
+            && matches!(
+                op,
+                Op::Complete { .. } | Op::Fail { .. } | Op::DiskFull | Op::Heal
+            )
+        {
+            self.note(|| "skipped: the device does its own disk I/O".into());
+            return Ok(());
+        }
+        match *op {
+            Op::Submit {
+                queue,
+                req,
+                shape,
+                sector,
+                sectors,
+                seed,
+            } => self.submit(
+                u16::from(queue) % nq,
+                req,
+                shape,
+                sector,
+                sectors,
+                seed,
+                false,
+            ),
+            Op::Publish { queue } => {
+                if self.driver.stop_requested {
+                    self.note(|| "skipped: the driver has stopped the device".into());
+                    return Ok(());
+                }
+                let q = u16::from(queue) % nq;
+                self.driver.publish(self.mem.mem(), q);
+                self.model.publish(q);
+                Ok(())
+            }
+            Op::Kick { queue } => {
+                let q = u16::from(queue) % nq;
+                if self.driver.stop_requested {
+                    self.note(|| "skipped: the driver has stopped the device".into());
+                    return Ok(());
+                }
+                if self.driver.kick_needed(self.mem.mem(), q) {
+                    self.call(|d, _| d.kick(q))
+                } else {
+                    self.note(|| "no kick: the device did not ask for one".into());
+                    Ok(())
+                }
+            }
+            Op::Poll => self.poll(),
+            Op::Complete { pick } => {
+                self.finish_io(pick, None);
+                Ok(())
+            }
+            Op::Fail { pick, error } => {
+                self.finish_io(pick, Some(error));
+                Ok(())
+            }
+            Op::DiskFull => {
+                self.disk.fill();
+                Ok(())
+            }
+            Op::Heal => {
+                self.disk.heal();
+                self.host_retry()
+            }
+            Op::Reap { queue } => {
+                self.driver.reap(self.mem.mem(), u16::from(queue) % nq);
+                Ok(())
+            }
+            Op::DriverStop => self.driver_stop(),
+            Op::DriverResume => self.driver_resume(),
+            Op::HostStop => self.host(true),
+            Op::HostResume => self.host(false),
+            Op::Migrate => self.migrate(),
+            Op::QueueReset { queue } => {
+                let q = u16::from(queue) % nq;
+                if !self.driver.has(F_RING_RESET) || self.driver.stop_requested {
+                    self.note(|| {
+                        "skipped: RING_RESET not negotiated, or the device is stopped".into()
+                    });
+                    return Ok(());
+                }
+                // Dropped from the moment of the reset: nothing may complete them after it.
+                self.model.abandon(Some(q));
+                self.call(|d, _| d.queue_reset(q))?;
+                self.driver.reset_queue(self.mem.mem(), q);
+                self.signal_valid[usize::from(q)] = false;
+                self.setup_queue(q, 0)
+            }
+            Op::DeviceReset => self.device_reset(),
+            Op::Settle => self.settle(),
+            _ => unreachable!("hostile ops are applied above"),
+        }
+    }
+
+    fn device_reset(&mut self) -> Check {
+        self.model.abandon(None);
+        self.call(|d, _| d.write_status(0))?;
+        // A reset ends hostility once no disk I/O from it can still land; the model then
+        // takes the disk as it is. A device that does its own I/O never shows that.
+        if self.hostile
+            && self.caps.disk == DiskControl::Harness
+            && self.disk.outstanding().next().is_none()
+        {
+            self.hostile = false;
+            let image = self.disk_image();
+            self.model.take_disk(&image);
+        }
+        let (features, size) = (self.features, self.driver.queues[0].size);
+        self.driver = Driver::new(self.mem.mem(), features, self.queues(), size, 0, true);
+        self.initialize(0)
+    }
+
+    /// The disk as it stands: the harness's, or the one the device does its own I/O on.
+    pub(super) fn disk_image(&self) -> Vec<u8> {
+        match self.caps.disk {
+            DiskControl::Harness => self.disk.image().to_vec(),
+            DiskControl::External => self.dev.disk_image().unwrap_or_default(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn submit(
+        &mut self,
+        q: u16,
+        req: ReqType,
+        shape: Shape,
+        sector: u8,
+        sectors: u8,
+        seed: u8,
+        force: bool,
+    ) -> Check {
+        if self.driver.stop_requested && !force {
+            self.note(|| "skipped: the driver has stopped the device".into());
+            return Ok(());
+        }
+        let disk = self.desc.capacity;
+        let (sector, n) = match req {
+            ReqType::Read | ReqType::Write => {
+                let n = u64::from(sectors.clamp(1, 4)).min(disk);
+                (u64::from(sector) % (disk - n + 1), n)
+            }
+            ReqType::Flush | ReqType::GetId => (0, 0),
+        };
+        if !force && self.model.overlaps(req, sector, n) {
+            self.note(|| "skipped: it would race an unfinished request".into());
+            return Ok(());
+        }
+        let len = (n * SECTOR_SIZE) as usize;
+        let data = match req {
+            ReqType::Write => pattern(seed, sector, len),
+            ReqType::Read => vec![0xa5; len],
+            ReqType::GetId => vec![0xa5; ID_BYTES],
+            ReqType::Flush => Vec::new(),
+        };
+        let Some(built) = self
+            .driver
+            .build(self.mem.mem(), q, req, shape, sector, &data)
+        else {
+            self.note(|| "skipped: not enough free descriptors".into());
+            return Ok(());
+        };
+        let size = self.driver.queues[usize::from(q)].size;
+        let earlier = built.avail_pos.wrapping_sub(size);
+        if self.model.open_ids().any(|id| {
+            let r = &self.model.requests[id];
+            r.q == q && r.avail_pos == earlier && r.state == ReqState::Published
+        }) {
+            self.scenarios.set(super::Scenarios::OOO_SLOT_REUSE);
+        }
+        self.note(|| {
+            format!(
+                "head {} at avail position {} (sector {sector}, {n} sectors)",
+                built.head, built.avail_pos
+            )
+        });
+        self.model.add(Request {
+            q,
+            head: built.head,
+            avail_pos: built.avail_pos,
+            kind: req,
+            sector,
+            sectors: n,
+            data: if req == ReqType::Write {
+                data
+            } else {
+                Vec::new()
+            },
+            writable: built.writable,
+            data_addr: built.data_addr,
+            status_addr: built.status_addr,
+            state: ReqState::Staged,
+            io: None,
+            last: None,
+        });
+        Ok(())
+    }
+
+    /// Completes or fails the `pick`-th outstanding disk I/O, and records how the disk
+    /// really ended it.
+    fn finish_io(&mut self, pick: u8, error: Option<IoError>) {
+        let tags: Vec<IoTag> = self.disk.outstanding().map(|(t, _)| t).collect();
+        if tags.is_empty() {
+            self.note(|| "skipped: no disk I/O outstanding".into());
+            return;
+        }
+        let tag = tags[usize::from(pick) % tags.len()];
+        let result = match error {
+            Some(e) => {
+                self.disk.fail(tag, e);
+                Err(e)
+            }
+            None => self.disk.complete(tag).unwrap_or(Err(IoError::Io)),
+        };
+        self.note(|| format!("disk I/O {tag}: {result:?}"));
+        self.model.io_finished(tag, result);
+    }
+
+    pub(super) fn complete_all_io(&mut self) {
+        while self.disk.outstanding().next().is_some() {
+            self.finish_io(0, None);
+        }
+    }
+
+    /// Completes every disk I/O and polls, until nothing is outstanding.
+    fn settle(&mut self) -> Check {
+        for _ in 0..4 {
+            self.complete_all_io();
+            self.poll()?;
+            if self.disk.outstanding().next().is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn driver_stop(&mut self) -> Check {
+        if self.driver.stop_requested {
+            self.note(|| "skipped: already stopped".into());
+            return Ok(());
+        }
+        if !self.offered.driver_stop {
+            self.note(|| "skipped: the device does not offer the stop trigger".into());
+            return Ok(());
+        }
+        let bit = match self.cfg.trigger {
+            Trigger::Suspend => S_SUSPEND,
+            Trigger::StopBit => S_STOPPED,
+        };
+        let status = self.dev.read_status();
+        self.driver.stop_requested = true;
+        self.call(|d, _| d.write_status(status | bit))
+    }
+
+    pub(super) fn driver_resume(&mut self) -> Check {
+        if !self.driver.stop_requested {
+            self.note(|| "skipped: not stopped".into());
+            return Ok(());
+        }
+        let status = self.dev.read_status();
+        let value = match self.cfg.trigger {
+            Trigger::Suspend => (status | S_DRIVER_OK) & !S_SUSPEND,
+            Trigger::StopBit => status & !S_STOPPED,
+        };
+        self.driver.stop_requested = false;
+        self.call(|d, _| d.write_status(value))
+    }
+}
+
+/// The bytes a write of `len` bytes at `sector` carries: distinct per seed and sector.
+pub fn pattern(seed: u8, sector: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u64 ^ sector.wrapping_mul(0x9e37) ^ u64::from(seed) << 3).wrapping_mul(31) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,122 @@
+//! Which checks a device's capabilities leave without input. A check never passes because
+//! it saw nothing: every one it cannot run is listed, with the reason, in the report.
+
+use super::Invariant;
+use crate::dut::{DiskControl, WriteObservation};
+
+/// What a device offered a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offered {
+    pub writes: WriteObservation,
+    pub disk: DiskControl,
+    pub host: bool,
+    pub migration: bool,
+    pub introspection: bool,
+    pub snapshot_inspection: bool,
+    /// The program's driver stop trigger is among the offered features.
+    pub driver_stop: bool,
+}
+
+/// A check, or the part of one, that could not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skip {
+    pub invariant: Invariant,
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.invariant, self.why)
+    }
+}
+
+pub fn skipped(o: &Offered) -> Vec<Skip> {
+    let mut out = Vec::new();
+    let mut skip = |on: bool, invariant, why| {
+        if on {
+            out.push(Skip { invariant, why });
+        }
+    };
+    use Invariant::*;
+    let blind = o.writes == WriteObservation::Blind;
+    skip(blind, WriteConfined, "guest writes are not observed");
+    skip(blind, QuietWhenStopped, "guest writes are not observed");
+    let external = o.disk == DiskControl::External;
+    skip(external, QuietWhenStopped, "disk I/O is not observed");
+    skip(
+        external,
+        ExactlyOnce,
+        "disk I/O is not observed; used entries are",
+    );
+    skip(external, Parked, "no disk fault can be injected");
+    skip(
+        external,
+        Data,
+        "no disk fault can be injected, so no error status",
+    );
+    let positions = "the device shows no ring positions";
+    skip(!o.introspection, AvailWindow, positions);
+    skip(!o.introspection, InuseBound, positions);
+    skip(
+        !o.introspection,
+        Contract,
+        "the device shows no held requests",
+    );
+    skip(!o.host, Transparent, "no host stop or resume");
+    skip(!o.host, Contract, "host stops: no host control");
+    skip(!o.migration, RoundTrip, "no save and restore");
+    skip(!o.migration, RestoreRejects, "no save and restore");
+    skip(
+        o.migration && !o.snapshot_inspection,
+        RestoreRejects,
+        "saved state cannot be inspected",
+    );
+    skip(
+        !o.driver_stop,
+        Contract,
+        "driver stops: trigger not offered",
+    );
+    skip(
+        !o.driver_stop,
+        KickKept,
+        "driver stops: trigger not offered",
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_skips_nothing_and_a_blind_remote_device_skips_its_gaps() {
+        let full = Offered {
+            writes: WriteObservation::Exact,
+            disk: DiskControl::Harness,
+            host: true,
+            migration: true,
+            introspection: true,
+            snapshot_inspection: true,
+            driver_stop: true,
+        };
+        assert!(skipped(&full).is_empty());
+        let remote = Offered {
+            writes: WriteObservation::Blind,
+            introspection: false,
+            ..full
+        };
+        let ids: Vec<Invariant> = skipped(&remote).iter().map(|s| s.invariant).collect();
+        for i in [
+            Invariant::WriteConfined,
+            Invariant::QuietWhenStopped,
+            Invariant::AvailWindow,
+            Invariant::InuseBound,
+            Invariant::Contract,
+        ] {
+            assert!(ids.contains(&i), "{i}");
+        }
+        assert!(!ids.contains(&Invariant::Notify));
+    }
+}

@@ -6,7 +6,9 @@
 //! files are exactly these bytes, so a format change means regenerating them.
 
 use crate::backend::IoError;
-use crate::device::{ErrorPolicy, InflightPolicy};
+use crate::device::bits::S_NEEDS_RESET;
+use crate::device::request::{BlkRequest, Kind};
+use crate::device::{BlkDevice, DeviceConfig, ErrorPolicy, InflightPolicy, SavedRequest, Snapshot};
 use crate::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};
 use crate::targets::Target;
 
@@ -398,13 +400,47 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
     seeds
 }
 
+/// A mutate-mode flip `(offset, xor)` for the snapshot target: where `edit` first changes
+/// the encoding of `base`, and the XOR that makes that change. Offsets come from the encoder,
+/// so they follow the snapshot format instead of being written down here.
+fn field_flip(base: &Snapshot, edit: impl FnOnce(&mut Snapshot)) -> (u16, u8) {
+    let before = base.encode();
+    let mut edited = base.clone();
+    edit(&mut edited);
+    let after = edited.encode();
+    let at = before
+        .iter()
+        .zip(&after)
+        .position(|(a, b)| a != b)
+        .expect("the edit changes the snapshot");
+    let offset = u16::try_from(at).expect("a snapshot offset fits the input's u16");
+    (offset, before[at] ^ after[at])
+}
+
 /// Snapshot scenarios: mutations of a snapshot with parked requests, and raw bytes.
 fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
-    let parked = conforming()
-        .into_iter()
-        .find(|(n, _)| *n == "thread-example-resume")
-        .map(|(_, b)| b)
-        .unwrap();
+    let program = thread_example(false);
+    // A field's offset depends only on the queues and the records before it, so any
+    // snapshot with the program's queue count and one record locates the same bytes.
+    let mut base = BlkDevice::new(DeviceConfig {
+        num_queues: u16::from(program.config.queues),
+        ..DeviceConfig::default()
+    })
+    .expect("a valid config")
+    .snapshot()
+    .expect("a fresh device saves");
+    base.requests.push(SavedRequest {
+        queue: 0,
+        head: 0,
+        req: BlkRequest {
+            kind: Kind::Out,
+            sector: 0,
+            data: Vec::new(),
+            status: 0,
+        },
+    });
+    let flip = |edit: &dyn Fn(&mut Snapshot)| field_flip(&base, edit);
+    let parked = program.encode();
     let mutate = |flips: &[(u16, u8)], program: &[u8]| {
         let mut out = vec![0, flips.len().saturating_sub(1) as u8];
         for &(offset, value) in flips {
@@ -415,19 +451,24 @@ fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
         out
     };
     let raw = |bytes: &[u8]| [&[1u8][..], bytes].concat();
+    // Inuse no longer matches the records.
+    let next_avail = flip(&|s| s.queues[0].next_avail ^= 1);
+    // The record count XOR 2, and a head past the ring.
+    let record_count = flip(&|s| {
+        let r = s.requests[0].clone();
+        s.requests.resize(s.requests.len() ^ 2, r);
+    });
+    let record_head = flip(&|s| s.requests[0].head ^= 0x80);
+    let status = flip(&|s| s.status ^= S_NEEDS_RESET);
+    let features = flip(&|s| s.driver_features ^= 1 << 36);
     vec![
         ("unchanged-after-thread-example", mutate(&[(0, 0)], &parked)),
-        // next_avail of queue 0 (offset 54): inuse no longer matches the records.
-        ("next-avail-off-by-one", mutate(&[(54, 1)], &parked)),
-        // The record count (offset 59) and a record head.
+        ("next-avail-off-by-one", mutate(&[next_avail], &parked)),
         (
             "record-count-and-head",
-            mutate(&[(59, 2), (63, 0x80)], &parked),
+            mutate(&[record_count, record_head], &parked),
         ),
-        (
-            "status-and-features",
-            mutate(&[(17, 0x40), (22, 0x10)], &parked),
-        ),
+        ("status-and-features", mutate(&[status, features], &parked)),
         ("empty", raw(&[])),
         ("magic-only", raw(b"SFBK")),
         ("wrong-version", raw(&[b'S', b'F', b'B', b'K', 9, 1, 0])),

@@ -7,6 +7,7 @@
 
 use crate::backend::IoError;
 use crate::contract::{ErrorPolicy, InflightPolicy};
+use crate::dut::reference::snapshot_flips;
 use crate::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};
 use crate::targets::Target;
 
@@ -400,11 +401,9 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
 
 /// Snapshot scenarios: mutations of a snapshot with parked requests, and raw bytes.
 fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
-    let parked = conforming()
-        .into_iter()
-        .find(|(n, _)| *n == "thread-example-resume")
-        .map(|(_, b)| b)
-        .unwrap();
+    let program = thread_example(false);
+    let flips = snapshot_flips(u16::from(program.config.queues));
+    let parked = program.encode();
     let mutate = |flips: &[(u16, u8)], program: &[u8]| {
         let mut out = vec![0, flips.len().saturating_sub(1) as u8];
         for &(offset, value) in flips {
@@ -415,19 +414,21 @@ fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
         out
     };
     let raw = |bytes: &[u8]| [&[1u8][..], bytes].concat();
+    let [next_avail, record_count, record_head, status, features] = [
+        flips.next_avail,
+        flips.record_count,
+        flips.record_head,
+        flips.status,
+        flips.features,
+    ];
     vec![
         ("unchanged-after-thread-example", mutate(&[(0, 0)], &parked)),
-        // next_avail of queue 0 (offset 54): inuse no longer matches the records.
-        ("next-avail-off-by-one", mutate(&[(54, 1)], &parked)),
-        // The record count (offset 59) and a record head.
+        ("next-avail-off-by-one", mutate(&[next_avail], &parked)),
         (
             "record-count-and-head",
-            mutate(&[(59, 2), (63, 0x80)], &parked),
+            mutate(&[record_count, record_head], &parked),
         ),
-        (
-            "status-and-features",
-            mutate(&[(17, 0x40), (22, 0x10)], &parked),
-        ),
+        ("status-and-features", mutate(&[status, features], &parked)),
         ("empty", raw(&[])),
         ("magic-only", raw(b"SFBK")),
         ("wrong-version", raw(&[b'S', b'F', b'B', b'K', 9, 1, 0])),

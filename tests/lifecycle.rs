@@ -4,7 +4,8 @@ mod fixture;
 
 use fixture::*;
 use stopfuzz::device::bits::*;
-use stopfuzz::device::{BlkDevice, ConfigError, DeviceConfig, ErrorPolicy};
+use stopfuzz::device::{BlkDevice, ConfigError, DeviceConfig, ErrorPolicy, Snapshot};
+use stopfuzz::driver::layout::{ring_base, ring_pages};
 
 #[test]
 fn initialization_sequence() {
@@ -23,10 +24,20 @@ fn initialization_sequence() {
     assert_eq!(g.reap(0)[0].req, r);
 }
 
+/// FEATURES_OK is refused without VERSION_1, and for any feature the device does not offer:
+/// one it never offers (bit 50) and one this device's config leaves out (FLUSH).
 #[test]
 fn features_ok_is_refused_for_bad_features() {
-    for features in [F_FLUSH, F_VERSION_1 | 1 << 50] {
-        let mut dev = BlkDevice::new(config(1)).unwrap();
+    let only_version_1 = DeviceConfig {
+        features: F_VERSION_1,
+        ..config(1)
+    };
+    for (cfg, features) in [
+        (config(1), F_FLUSH),
+        (config(1), F_VERSION_1 | 1 << 50),
+        (only_version_1, F_VERSION_1 | F_FLUSH),
+    ] {
+        let mut dev = BlkDevice::new(cfg).unwrap();
         dev.write_status(S_ACKNOWLEDGE | S_DRIVER);
         dev.set_driver_features(features);
         dev.write_status(S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
@@ -42,19 +53,6 @@ fn features_are_only_taken_after_driver() {
     let mut dev = BlkDevice::new(config(1)).unwrap();
     dev.set_driver_features(F_VERSION_1);
     assert_eq!(dev.driver_features(), 0);
-}
-
-#[test]
-fn unoffered_features_cannot_be_negotiated() {
-    let cfg = DeviceConfig {
-        features: F_VERSION_1,
-        ..config(1)
-    };
-    let mut g = Guest::new(cfg);
-    g.dev.write_status(S_ACKNOWLEDGE | S_DRIVER);
-    g.dev.set_driver_features(F_VERSION_1 | F_FLUSH);
-    g.dev.write_status(S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-    assert_eq!(g.status() & S_FEATURES_OK, 0);
 }
 
 #[test]
@@ -139,7 +137,7 @@ fn multiqueue_serves_every_queue() {
     for queues in 1..=4u16 {
         let mut g = Guest::new(config(queues));
         g.init(FEATURES | F_MQ, 8);
-        assert_eq!(g.rings.len(), usize::from(queues));
+        assert_eq!(g.driver.queues.len(), usize::from(queues));
         for q in 0..queues {
             g.write(q, u64::from(q), &pattern(q as u8, 512), Shape::Plain);
             g.go(q);
@@ -156,41 +154,94 @@ fn multiqueue_serves_every_queue() {
     }
 }
 
+/// The driver sets up queue 1 either way; only MQ makes the device run it.
 #[test]
 fn without_mq_only_queue_zero_runs() {
-    let mut g = Guest::new(config(2));
-    g.init(FEATURES, 8);
-    assert_eq!(g.rings.len(), 1);
-    g.dev.kick(1);
-    g.poll();
+    for mq in [true, false] {
+        let mut g = Guest::new(config(2));
+        let features = if mq { FEATURES | F_MQ } else { FEATURES };
+        g.init_queues(features, 8, 2);
+        let on_1 = g.read(1, 1, 512, Shape::Plain);
+        g.publish(1);
+        g.dev.kick(1);
+        let on_0 = g.read(0, 0, 512, Shape::Plain);
+        g.go(0);
+        g.complete_all();
+        let done_0: Vec<Req> = g.reap(0).iter().map(|d| d.req).collect();
+        let done_1: Vec<Req> = g.reap(1).iter().map(|d| d.req).collect();
+        assert_eq!(done_0, [on_0], "mq={mq}");
+        if mq {
+            assert_eq!(done_1, [on_1]);
+        } else {
+            assert!(done_1.is_empty(), "queue 1 ran without MQ");
+            assert_eq!(g.dev.queue_position(1), Some((0, 0)), "queue 1 consumed");
+            assert!(g.disk.outstanding().next().is_none());
+            assert!(!g.dev.needs_reset());
+        }
+    }
+}
+
+/// Once a queue is enabled, a new size or new ring addresses must not take effect: the
+/// device keeps running the rings the driver set up.
+#[test]
+fn setup_writes_to_an_enabled_queue_are_ignored() {
+    let mut g = Guest::new(config(1));
+    g.init(FEATURES, 16);
+    let dq = g.driver.queues[0].clone();
+    // Queue 1's ring pages: unused in a one-queue guest, so all zeros.
+    let elsewhere = ring_base(1);
+    g.dev.queue_set_size(0, 4);
+    g.dev
+        .queue_set_addresses(0, elsewhere, elsewhere + 0x1000, elsewhere + 0x2000);
+    g.dev.queue_enable(0);
+    // Six requests at once: more than a 4-entry ring holds, and invisible at `elsewhere`.
+    let cp = g.checkpoint();
+    let reqs: Vec<Req> = (0..6).map(|i| g.read(0, i, 512, Shape::Indirect)).collect();
+    g.go(0);
+    g.complete_all();
     assert!(!g.dev.needs_reset());
+    let done: Vec<Req> = g.reap(0).iter().map(|d| d.req).collect();
+    assert_eq!(done, reqs);
+    assert_eq!(g.used_idx(0), 6);
+    let stray: Vec<_> = g
+        .writes_since(cp)
+        .into_iter()
+        .filter(|&(a, _)| ring_pages(1).contains(&a))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "the device wrote the ignored rings: {stray:x?}"
+    );
+    g.dev.host_stop();
+    let saved = Snapshot::decode(&g.dev.save().unwrap()).unwrap().queues[0];
+    assert_eq!(
+        (
+            saved.size,
+            saved.desc_table,
+            saved.avail_ring,
+            saved.used_ring
+        ),
+        (16, dq.desc, dq.avail, dq.used)
+    );
 }
 
 #[test]
 fn queue_size_must_be_a_power_of_two_up_to_the_maximum() {
-    let mut g = Guest::new(DeviceConfig {
-        queue_max_size: 16,
-        ..config(1)
-    });
-    g.init(FEATURES, 16);
-    // The queue is enabled: setup writes are ignored.
-    g.dev.queue_set_size(0, 4);
-    assert_eq!(
-        g.dev.save().err(),
-        Some(stopfuzz::device::SaveError::Running)
-    );
     let mut dev = BlkDevice::new(DeviceConfig {
         queue_max_size: 16,
         ..config(1)
     })
     .unwrap();
-    for (size, ok) in [(3u16, false), (32, false), (0, false), (8, true)] {
+    // A queue starts at the maximum size; a bad size leaves the last good one.
+    let mut expect = 16;
+    for (size, ok) in [(3u16, false), (8, true), (32, false), (0, false), (4, true)] {
         dev.queue_set_size(0, size);
+        if ok {
+            expect = size;
+        }
         dev.host_stop();
-        let snap = dev.save().unwrap();
-        // The size sits at offset 27 of the snapshot.
-        let saved = u16::from_le_bytes([snap[27], snap[28]]);
-        assert_eq!(saved == size, ok, "size {size}");
+        let saved = Snapshot::decode(&dev.save().unwrap()).unwrap();
+        assert_eq!(saved.queues[0].size, expect, "after setting {size}");
         dev.host_resume();
     }
 }
@@ -207,7 +258,7 @@ fn device_reset_drops_everything_without_completing() {
     g.disk.complete(tags[0]);
     g.poll();
     assert_eq!(g.dev.held().filter(|h| h.parked).count(), 1);
-    let before = g.memory_image();
+    let cp = g.checkpoint();
     g.dev.write_status(0);
     assert_eq!(g.status(), 0);
     assert_eq!(g.dev.held().count(), 0);
@@ -218,8 +269,8 @@ fn device_reset_drops_everything_without_completing() {
     g.poll();
     assert_eq!(&g.disk.image()[512..1024], &pattern(2, 512)[..]);
     assert_eq!(
-        g.memory_image(),
-        before,
+        g.writes_since(cp),
+        [],
         "a late completion touched guest memory"
     );
     assert_eq!(g.dev.take_interrupts().used, [0; 4]);
@@ -240,15 +291,17 @@ fn queue_reset_drops_the_queue_and_leaves_the_others() {
     g.write(1, 1, &pattern(2, 512), Shape::Plain);
     g.go(1);
     assert_eq!(g.dev.held().count(), 2);
-    let before = g.memory_image();
+    let cp = g.checkpoint();
     g.dev.queue_reset(0);
     assert_eq!(g.dev.queue_position(0), Some((0, 0)));
     assert!(g.dev.held().all(|h| h.queue == 1));
     g.complete_all();
     // Queue 0's late completion wrote nothing; queue 1 completed.
-    let after = g.memory_image();
-    let q0 = 0x10000..0x13000;
-    assert_eq!(before[q0.clone()], after[q0]);
+    let writes = g.writes_since(cp);
+    assert!(!writes.is_empty());
+    for (addr, len) in writes {
+        assert!(owned_by_queue(1, addr), "write of {len} at {addr:#x}");
+    }
     assert_eq!(g.reap(1).len(), 1);
     // Queue 0 comes back with fresh rings.
     g.reinit_queue(0);
@@ -262,10 +315,13 @@ fn queue_reset_drops_the_queue_and_leaves_the_others() {
 fn queue_reset_needs_ring_reset_negotiated() {
     let mut g = Guest::new(config(1));
     g.init(FEATURES & !F_RING_RESET, 8);
-    g.read(0, 0, 512, Shape::Plain);
+    let r = g.read(0, 0, 512, Shape::Plain);
     g.go(0);
     g.dev.queue_reset(0);
     assert_eq!(g.dev.held().count(), 1);
+    // The request was not dropped: it completes.
+    g.complete_all();
+    assert_eq!(g.reap(0).iter().map(|d| d.req).collect::<Vec<_>>(), [r]);
 }
 
 #[test]
@@ -276,7 +332,7 @@ fn failed_status_stops_the_device() {
     g.go(0);
     g.set_status_bits(S_FAILED, 0);
     assert_ne!(g.status() & S_FAILED, 0);
-    let before = g.memory_image();
+    let cp = g.checkpoint();
     g.complete_all();
-    assert_eq!(g.memory_image(), before);
+    assert_eq!(g.writes_since(cp), []);
 }

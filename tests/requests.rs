@@ -6,6 +6,8 @@ use fixture::*;
 use stopfuzz::backend::IoError;
 use stopfuzz::device::bits::*;
 use stopfuzz::device::{DeviceConfig, ErrorPolicy};
+use stopfuzz::driver::desc_bytes;
+use vm_memory::{Bytes, GuestAddress};
 
 fn guest() -> Guest {
     let mut g = Guest::new(config(1));
@@ -23,9 +25,16 @@ fn guest_with(write_policy: ErrorPolicy, read_policy: ErrorPolicy) -> Guest {
     g
 }
 
+const SHAPES: [Shape; 4] = [
+    Shape::Plain,
+    Shape::SplitData,
+    Shape::Indirect,
+    Shape::SplitHeader,
+];
+
 #[test]
 fn read_write_flush_and_get_id_in_every_shape() {
-    for shape in [Shape::Plain, Shape::SplitData, Shape::Indirect] {
+    for shape in SHAPES {
         let mut g = guest();
         let data = pattern(9, 1024);
         g.write(0, 3, &data, shape);
@@ -40,11 +49,11 @@ fn read_write_flush_and_get_id_in_every_shape() {
         assert_eq!(done[0].req, r);
         assert_eq!((done[0].status, done[0].len), (BLK_S_OK, 1025), "{shape:?}");
         assert_eq!(done[0].data, data);
-        g.request(0, T_FLUSH, 0, 0, shape);
+        g.flush(0, shape);
         g.go(0);
         g.complete_all();
         assert_eq!(g.reap(0)[0].status, BLK_S_OK);
-        g.request(0, T_GET_ID, 0, 20, shape);
+        g.get_id(0, shape);
         g.go(0);
         let id = g.reap(0);
         assert_eq!((id[0].status, id[0].len), (BLK_S_OK, 21));
@@ -55,12 +64,13 @@ fn read_write_flush_and_get_id_in_every_shape() {
 #[test]
 fn unknown_types_get_unsupp_and_flush_needs_its_feature() {
     let mut g = guest();
-    g.request(0, 0x1234, 0, 0, Shape::Plain);
+    let r = g.flush(0, Shape::Plain);
+    g.set_type(r, 0x1234);
     g.go(0);
     assert_eq!(g.reap(0)[0].status, BLK_S_UNSUPP);
     let mut g = Guest::new(config(1));
     g.init(FEATURES & !F_FLUSH, 16);
-    g.request(0, T_FLUSH, 0, 0, Shape::Plain);
+    g.flush(0, Shape::Plain);
     g.go(0);
     assert_eq!(g.reap(0)[0].status, BLK_S_UNSUPP);
 }
@@ -84,11 +94,13 @@ fn out_of_order_completion() {
 #[test]
 fn request_errors_complete_with_ioerr_and_return_the_head() {
     let mut g = guest();
-    // Past capacity, a partial sector, and read data in a device-readable buffer.
+    // Past capacity, a partial sector, and data in the wrong direction both ways.
     g.read(0, 64, 512, Shape::Plain);
     g.read(0, 0, 100, Shape::Plain);
-    g.raw_request(0, T_IN, 0, Some((512, false)), Shape::Plain);
-    g.raw_request(0, T_OUT, 0, Some((512, true)), Shape::Plain);
+    let r = g.read(0, 0, 512, Shape::Plain);
+    g.flip_data_direction(r);
+    let w = g.write(0, 0, &pattern(1, 512), Shape::Plain);
+    g.flip_data_direction(w);
     g.go(0);
     let done = g.reap(0);
     assert_eq!(done.len(), 4);
@@ -99,27 +111,11 @@ fn request_errors_complete_with_ioerr_and_return_the_head() {
     assert!(!g.dev.needs_reset());
 }
 
-/// A descriptor as written: (addr, len, flags, next).
-type RawDesc = (u64, u32, u16, u16);
-
-/// Hand-made chains: `descs` are (addr, len, flags, next) written from `head` on.
+/// Writes a hand-made chain from `head` on, publishes it and kicks.
 fn publish_chain(g: &mut Guest, head: u16, descs: &[RawDesc]) {
-    stage_chain(g, head, descs);
+    g.stage_chain(0, head, descs);
     g.dev.kick(0);
     g.poll();
-}
-
-/// Writes the chain and publishes it, without telling the device.
-fn stage_chain(g: &mut Guest, head: u16, descs: &[RawDesc]) {
-    use vm_memory::{Bytes, GuestAddress};
-    let ring = &mut g.rings[0];
-    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-        write_desc(&g.mem, ring.desc, head + i as u16, addr, len, flags, next);
-    }
-    let slot = ring.avail + 4 + 2 * u64::from(ring.avail_idx % ring.size);
-    g.mem.write_obj(head, GuestAddress(slot)).unwrap();
-    ring.avail_idx = ring.avail_idx.wrapping_add(1);
-    g.publish(0);
 }
 
 fn publish_head(g: &mut Guest, head: u16) {
@@ -127,19 +123,9 @@ fn publish_head(g: &mut Guest, head: u16) {
 }
 
 fn header(g: &Guest, at: u64, t: u32) {
-    use vm_memory::{Bytes, GuestAddress};
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(&t.to_le_bytes());
-    g.mem.write_slice(&h, GuestAddress(at)).unwrap();
-}
-
-fn used_entry(g: &Guest, i: u16) -> (u32, u32) {
-    use vm_memory::{Bytes, GuestAddress};
-    let at = g.rings[0].used + 4 + 8 * u64::from(i);
-    (
-        g.mem.read_obj(GuestAddress(at)).unwrap(),
-        g.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-    )
+    g.mem().write_slice(&h, GuestAddress(at)).unwrap();
 }
 
 const N: u16 = DESC_F_NEXT;
@@ -148,13 +134,13 @@ const W: u16 = DESC_F_WRITE;
 #[test]
 fn short_header_gets_ioerr() {
     let mut g = guest();
-    header(&g, 0x200000, T_IN);
-    publish_chain(&mut g, 0, &[(0x200000, 8, N, 1), (0x201000, 1, W, 0)]);
+    let (hdr, status) = (scratch(0), scratch(1));
+    header(&g, hdr, T_IN);
+    publish_chain(&mut g, 0, &[(hdr, 8, N, 1), (status, 1, W, 0)]);
     assert_eq!(g.used_idx(0), 1);
-    assert_eq!(used_entry(&g, 0), (0, 1));
-    use vm_memory::{Bytes, GuestAddress};
+    assert_eq!(g.used_entry(0, 0), (0, 1));
     assert_eq!(
-        g.mem.read_obj::<u8>(GuestAddress(0x201000)).unwrap(),
+        g.mem().read_obj::<u8>(GuestAddress(status)).unwrap(),
         BLK_S_IOERR
     );
 }
@@ -162,38 +148,56 @@ fn short_header_gets_ioerr() {
 #[test]
 fn read_only_status_returns_the_head_without_a_status() {
     let mut g = guest();
-    header(&g, 0x200000, T_IN);
-    publish_chain(&mut g, 0, &[(0x200000, 16, N, 1), (0x201000, 1, 0, 0)]);
-    assert_eq!(used_entry(&g, 0), (0, 0));
+    let (hdr, status) = (scratch(0), scratch(1));
+    header(&g, hdr, T_IN);
+    g.mem().write_obj(0xeeu8, GuestAddress(status)).unwrap();
+    g.stage_chain(0, 0, &[(hdr, 16, N, 1), (status, 1, 0, 0)]);
+    let cp = g.checkpoint();
+    g.dev.kick(0);
+    g.poll();
+    assert_eq!(g.used_idx(0), 1);
+    assert_eq!(g.used_entry(0, 0), (0, 0));
     assert!(!g.dev.needs_reset());
+    // The device wrote nothing but the used ring: no status byte anywhere.
+    let used = g.driver.queues[0].used;
+    for (addr, len) in g.writes_since(cp) {
+        assert!(
+            (used..used + 0x1000).contains(&addr),
+            "write of {len} at {addr:#x}"
+        );
+    }
+    assert_eq!(g.mem().read_obj::<u8>(GuestAddress(status)).unwrap(), 0xee);
 }
 
 #[test]
 fn broken_chains_make_the_device_need_reset() {
+    let (hdr, status, table, nested) = (scratch(0), scratch(1), scratch(2), scratch(3));
     let cases: [(&str, &[RawDesc]); 4] = [
-        ("bad next", &[(0x200000, 16, N, 200)]),
-        ("loop", &[(0x200000, 16, N, 1), (0x201000, 1, W | N, 0)]),
-        ("nested indirect", &[(0x202000, 32, DESC_F_INDIRECT, 0)]),
-        ("empty indirect table", &[(0x202000, 0, DESC_F_INDIRECT, 0)]),
+        ("bad next", &[(hdr, 16, N, 200)]),
+        ("loop", &[(hdr, 16, N, 1), (status, 1, W | N, 0)]),
+        ("nested indirect", &[(table, 32, DESC_F_INDIRECT, 0)]),
+        ("empty indirect table", &[(table, 0, DESC_F_INDIRECT, 0)]),
     ];
     for (what, chain) in cases {
         let mut g = guest();
-        header(&g, 0x200000, T_IN);
+        header(&g, hdr, T_IN);
         // The indirect table itself points at another indirect table.
-        write_desc(&g.mem, 0x202000, 0, 0x200000, 16, N, 1);
-        write_desc(&g.mem, 0x202000, 1, 0x203000, 16, DESC_F_INDIRECT, 0);
+        let inner = [
+            desc_bytes(hdr, 16, N, 1),
+            desc_bytes(nested, 16, DESC_F_INDIRECT, 0),
+        ];
+        g.mem()
+            .write_slice(inner.as_flattened(), GuestAddress(table))
+            .unwrap();
         g.dev.take_interrupts();
-        stage_chain(&mut g, 0, chain);
-        let before = g.memory_image();
+        g.stage_chain(0, 0, chain);
+        let cp = g.checkpoint();
         g.dev.kick(0);
         g.poll();
         assert!(g.dev.needs_reset(), "{what}");
         assert_ne!(g.status() & S_NEEDS_RESET, 0);
         assert_eq!(g.dev.take_interrupts().config, 1, "{what}");
-        assert!(
-            before == g.memory_image(),
-            "{what}: device wrote guest memory"
-        );
+        assert_eq!(g.writes_since(cp), [], "{what}: device wrote guest memory");
     }
 }
 
@@ -202,11 +206,15 @@ fn head_out_of_range_makes_the_device_need_reset() {
     let mut g = guest();
     publish_head(&mut g, 16);
     assert!(g.dev.needs_reset());
-    // It stays quiet: more kicks do nothing.
+    // It stays quiet: a new request, kicked, does nothing.
     g.read(0, 0, 512, Shape::Plain);
-    g.go(0);
+    g.publish(0);
+    let cp = g.checkpoint();
+    g.dev.kick(0);
+    g.poll();
     assert_eq!(g.used_idx(0), 0);
     assert!(g.disk.outstanding().next().is_none());
+    assert_eq!(g.writes_since(cp), []);
 }
 
 #[test]
@@ -214,6 +222,7 @@ fn reused_head_in_flight_makes_the_device_need_reset() {
     let mut g = guest();
     let r = g.read(0, 0, 512, Shape::Plain);
     g.go(0);
+    assert_eq!(g.dev.held().count(), 1);
     publish_head(&mut g, r.head);
     assert!(g.dev.needs_reset());
     assert_eq!(g.dev.held().count(), 0);
@@ -237,9 +246,10 @@ fn write_policies() {
         let mut g = guest_with(policy, Report);
         g.write(0, 0, &pattern(1, 512), Shape::Plain);
         g.go(0);
-        let before = g.memory_image();
+        let cp = g.checkpoint();
         g.disk.fail(g.io_tags()[0], error);
         g.poll();
+        let writes = g.writes_since(cp);
         let done = g.reap(0);
         match expect {
             Some(status) => assert_eq!(
@@ -249,12 +259,8 @@ fn write_policies() {
             ),
             None => {
                 assert!(done.is_empty());
-                assert_eq!(
-                    g.memory_image(),
-                    before,
-                    "a parked request wrote guest memory"
-                );
-                assert!(g.dev.held().all(|h| h.parked));
+                assert_eq!(writes, [], "a parked request wrote guest memory");
+                assert_eq!(g.dev.held().filter(|h| h.parked).count(), 1);
             }
         }
     }
@@ -285,7 +291,7 @@ fn read_policies() {
 #[test]
 fn flush_follows_the_write_policy() {
     let mut g = guest_with(ErrorPolicy::Stop, ErrorPolicy::Report);
-    g.request(0, T_FLUSH, 0, 0, Shape::Plain);
+    g.flush(0, Shape::Plain);
     g.go(0);
     g.disk.fail(g.io_tags()[0], IoError::Io);
     g.poll();

@@ -4,6 +4,7 @@ mod fixture;
 
 use fixture::*;
 use stopfuzz::device::bits::*;
+use stopfuzz::device::request::Kind;
 use stopfuzz::device::{
     BlkDevice, DeviceConfig, ErrorPolicy, InflightPolicy, RestoreError, SaveError, Snapshot,
 };
@@ -31,28 +32,29 @@ fn parked(g: &mut Guest) -> Vec<u8> {
 
 fn restore(g: &Guest, bytes: &[u8]) -> Result<BlkDevice, RestoreError> {
     let mut fresh = BlkDevice::new(g.dev.config().clone()).unwrap();
-    fresh.restore(bytes, &g.mem).map(|()| fresh)
-}
-
-// Offsets into a version-1 snapshot with one record of one segment.
-const STATUS: usize = 17;
-const FEATURES_AT: usize = 18;
-const DRIVER_STOP: usize = 26;
-const QUEUE0: usize = 27;
-const NEXT_AVAIL: usize = QUEUE0 + 27;
-const NEXT_USED: usize = QUEUE0 + 29;
-
-fn record_at(queues: usize) -> usize {
-    27 + 32 * queues + 2
+    fresh.restore(bytes, g.mem()).map(|()| fresh)
 }
 
 type Edit = Box<dyn Fn(&mut Vec<u8>)>;
 /// A named edit of a valid snapshot, and the error restore must give for it.
 type Case = (&'static str, Edit, fn(&RestoreError) -> bool);
 
-fn put16(bytes: &mut [u8], at: usize, v: u16) {
-    bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
+/// An edit of the decoded snapshot's fields.
+fn typed(f: impl Fn(&mut Snapshot) + 'static) -> Edit {
+    Box::new(move |b| {
+        let mut s = Snapshot::decode(b).unwrap();
+        f(&mut s);
+        *b = s.encode();
+    })
 }
+
+/// Sets one byte, for values no typed field can hold.
+fn raw_at(at: usize, value: u8) -> Edit {
+    Box::new(move |b| b[at] = value)
+}
+
+/// The format's magic; the version byte follows it.
+const MAGIC: &[u8; 4] = b"SFBK";
 
 #[test]
 fn a_parked_write_survives_save_and_restore_and_completes_once_after_heal() {
@@ -62,7 +64,7 @@ fn a_parked_write_survives_save_and_restore_and_completes_once_after_heal() {
     assert_eq!(dev.held().count(), 1);
     // The restored device consumes nothing before resume, even if kicked.
     dev.kick(0);
-    dev.poll(&g.mem, &mut g.disk);
+    dev.poll(g.gm.mem(), &mut g.disk);
     assert!(g.disk.outstanding().next().is_none());
     g.dev = dev;
     g.dev.host_resume();
@@ -109,8 +111,7 @@ fn save_needs_a_quiet_device() {
     assert!(g.dev.save().is_ok());
     let mut g = guest(1);
     g.dev.host_stop();
-    g.rings[0].avail_idx = 100;
-    g.publish(0);
+    g.driver.set_avail_idx(g.gm.mem(), 0, 100);
     g.dev.host_resume();
     g.dev.kick(0);
     g.poll();
@@ -129,35 +130,11 @@ fn suspended_devices_restore_suspended() {
 }
 
 #[test]
-fn the_first_used_update_after_restore_notifies() {
-    let mut g = guest(1);
-    // used_event far away: without a restore, no interrupt is due.
-    g.set_used_event(0, 1000);
-    g.read(0, 0, 512, Shape::Plain);
-    g.go(0);
-    g.complete_all();
-    assert_eq!(g.dev.take_interrupts().used[0], 1, "nothing signalled yet");
-    g.read(0, 0, 512, Shape::Plain);
-    g.go(0);
-    g.complete_all();
-    assert_eq!(g.dev.take_interrupts().used[0], 0);
-    g.migrate();
-    g.read(0, 0, 512, Shape::Plain);
-    g.go(0);
-    g.complete_all();
-    assert_eq!(g.dev.take_interrupts().used[0], 1);
-    g.read(0, 0, 512, Shape::Plain);
-    g.go(0);
-    g.complete_all();
-    assert_eq!(g.dev.take_interrupts().used[0], 0, "only the first");
-}
-
-#[test]
 fn restore_refuses_a_device_that_is_not_fresh() {
     let mut g = guest(1);
     let snapshot = parked(&mut g);
     assert!(matches!(
-        g.dev.restore(&snapshot, &g.mem),
+        g.dev.restore(&snapshot, g.gm.mem()),
         Err(RestoreError::NotFresh)
     ));
 }
@@ -168,7 +145,9 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
     let mut g = guest(2);
     let good = parked(&mut g);
     assert!(restore(&g, &good).is_ok());
-    let rec = record_at(2);
+    assert!(good.starts_with(MAGIC));
+    let ready = offset_of(&good, |s| s.queues[0].ready = false);
+    let record_type = offset_of(&good, |s| s.requests[0].req.kind = Kind::In);
     let cases: Vec<Case> = vec![
         ("truncated", Box::new(|b| b.truncate(b.len() - 1)), |e| {
             matches!(e, RestoreError::Truncated)
@@ -176,25 +155,25 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
         ("empty", Box::new(|b| b.clear()), |e| {
             matches!(e, RestoreError::Truncated)
         }),
-        ("magic", Box::new(|b| b[0] = b'X'), |e| {
-            matches!(e, RestoreError::BadMagic)
-        }),
-        ("version", Box::new(|b| b[4] = 2), |e| {
+        (
+            "magic",
+            Box::new(|b| b[..MAGIC.len()].copy_from_slice(b"XFBK")),
+            |e| matches!(e, RestoreError::BadMagic),
+        ),
+        ("version", raw_at(MAGIC.len(), 2), |e| {
             matches!(e, RestoreError::Version(2))
         }),
         ("trailing", Box::new(|b| b.push(0)), |e| {
             matches!(e, RestoreError::TrailingBytes(1))
         }),
-        ("ready flag", Box::new(|b| b[QUEUE0 + 2] = 3), |e| {
+        ("ready flag", raw_at(ready, 3), |e| {
             matches!(e, RestoreError::Flag(3))
         }),
         (
             "num_queues",
-            Box::new(|b| {
-                let mut s = Snapshot::decode(b).unwrap();
+            typed(|s| {
                 s.num_queues = 1;
                 s.queues.truncate(1);
-                *b = s.encode();
             }),
             |e| {
                 matches!(
@@ -206,7 +185,7 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
                 )
             },
         ),
-        ("capacity", Box::new(|b| b[9] = 1), |e| {
+        ("capacity", typed(|s| s.capacity += 1), |e| {
             matches!(
                 e,
                 RestoreError::ConfigMismatch {
@@ -217,39 +196,39 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
         }),
         (
             "features not offered",
-            Box::new(|b| b[FEATURES_AT + 6] = 0x40),
+            typed(|s| s.driver_features |= 1 << 54),
             |e| matches!(e, RestoreError::Features(_)),
         ),
-        (
-            "status bits",
-            Box::new(|b| b[STATUS] |= S_NEEDS_RESET),
-            |e| matches!(e, RestoreError::Status(_)),
-        ),
+        ("status bits", typed(|s| s.status |= S_NEEDS_RESET), |e| {
+            matches!(e, RestoreError::Status(_))
+        }),
         (
             "driver_ok without features_ok",
-            Box::new(|b| b[STATUS] &= !S_FEATURES_OK),
+            typed(|s| s.status &= !S_FEATURES_OK),
             |e| matches!(e, RestoreError::Status(_)),
         ),
-        ("driver stop byte", Box::new(|b| b[DRIVER_STOP] = 7), |e| {
+        ("driver stop byte", typed(|s| s.driver_stop = 7), |e| {
             matches!(e, RestoreError::DriverStop(7))
         }),
-        ("queue size", Box::new(|b| put16(b, QUEUE0, 3)), |e| {
-            matches!(e, RestoreError::Queue { queue: 0, .. })
-        }),
-        ("desc alignment", Box::new(|b| b[QUEUE0 + 3] |= 8), |e| {
+        ("queue size", typed(|s| s.queues[0].size = 3), |e| {
             matches!(e, RestoreError::Queue { queue: 0, .. })
         }),
         (
+            "desc alignment",
+            typed(|s| s.queues[0].desc_table |= 8),
+            |e| matches!(e, RestoreError::Queue { queue: 0, .. }),
+        ),
+        (
             "avail window",
-            Box::new(|b| {
-                put16(b, NEXT_AVAIL, 0x8001);
-                put16(b, NEXT_USED, 0x8000)
+            typed(|s| {
+                s.queues[0].next_avail = 0x8001;
+                s.queues[0].next_used = 0x8000;
             }),
             |e| matches!(e, RestoreError::UsedIdx { .. }),
         ),
         (
             "inuse > size",
-            Box::new(|b| put16(b, NEXT_AVAIL, 20)),
+            typed(|s| s.queues[0].next_avail = 20),
             |e| {
                 matches!(
                     e,
@@ -263,7 +242,7 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
         ),
         (
             "inuse != records",
-            Box::new(|b| put16(b, NEXT_AVAIL, 2)),
+            typed(|s| s.queues[0].next_avail = 2),
             |e| {
                 matches!(
                     e,
@@ -277,9 +256,9 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
         ),
         (
             "used idx",
-            Box::new(|b| {
-                put16(b, NEXT_AVAIL, 2);
-                put16(b, NEXT_USED, 1)
+            typed(|s| {
+                s.queues[0].next_avail = 2;
+                s.queues[0].next_used = 1;
             }),
             |e| {
                 matches!(
@@ -292,52 +271,59 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
                 )
             },
         ),
-        ("record queue", Box::new(move |b| put16(b, rec, 9)), |e| {
+        ("record queue", typed(|s| s.requests[0].queue = 9), |e| {
             matches!(e, RestoreError::RecordQueue { queue: 9, .. })
         }),
-        (
-            "record head",
-            Box::new(move |b| put16(b, rec + 2, 16)),
-            |e| matches!(e, RestoreError::RecordHead { head: 16, .. }),
-        ),
+        ("record head", typed(|s| s.requests[0].head = 16), |e| {
+            matches!(e, RestoreError::RecordHead { head: 16, .. })
+        }),
         (
             "record on idle queue",
-            Box::new(move |b| {
-                b[QUEUE0 + 32 + 2] = 0;
-                put16(b, rec, 1)
+            typed(|s| {
+                s.queues[1].ready = false;
+                s.requests[0].queue = 1;
             }),
             |e| matches!(e, RestoreError::RecordIdle { queue: 1, .. }),
         ),
-        ("record type", Box::new(move |b| b[rec + 4] = 8), |e| {
+        ("record type", raw_at(record_type, 8), |e| {
             matches!(e, RestoreError::RecordType(8))
         }),
-        ("record sector", Box::new(move |b| b[rec + 8] = 63), |e| {
-            matches!(e, RestoreError::RecordRequest { .. })
-        }),
+        (
+            "record sector",
+            typed(|s| s.requests[0].req.sector = 63),
+            |e| matches!(e, RestoreError::RecordRequest { .. }),
+        ),
         (
             "record status address",
-            Box::new(move |b| b[rec + 16 + 5] = 1),
+            typed(|s| s.requests[0].req.status |= 1 << 40),
             |e| matches!(e, RestoreError::RecordRequest { .. }),
         ),
         (
             "record segment address",
-            Box::new(move |b| b[rec + 26 + 6] = 1),
+            typed(|s| s.requests[0].req.data[0].addr |= 1 << 48),
             |e| matches!(e, RestoreError::RecordRequest { .. }),
         ),
         (
             "record segments",
-            Box::new(move |b| put16(b, rec + 24, 300)),
+            typed(|s| {
+                let seg = s.requests[0].req.data[0];
+                s.requests[0].req.data = vec![seg; 300];
+            }),
             |e| matches!(e, RestoreError::RecordSegments(300)),
         ),
         (
             "record count",
-            Box::new(move |b| put16(b, rec - 2, 2000)),
+            typed(|s| {
+                let r = s.requests[0].clone();
+                s.requests = vec![r; 2000];
+            }),
             |e| matches!(e, RestoreError::TooManyRecords(2000)),
         ),
     ];
     for (what, edit, expect) in cases {
         let mut bytes = good.clone();
         edit(&mut bytes);
+        assert_ne!(bytes, good, "{what}: the edit changed nothing");
         match restore(&g, &bytes) {
             Ok(_) => panic!("{what}: accepted"),
             Err(e) => assert!(expect(&e), "{what}: wrong error {e:?}"),
@@ -349,28 +335,28 @@ fn restore_rejects_each_class_of_inconsistent_snapshot() {
 fn restore_checks_guest_memory() {
     let mut g = guest(1);
     let snapshot = parked(&mut g);
-    let used = g.rings[0].used;
-    let avail = g.rings[0].avail;
+    let used = g.driver.queues[0].used;
+    let avail = g.driver.queues[0].avail;
     // The guest's used idx no longer matches the device's.
-    g.mem.write_obj(5u16, GuestAddress(used + 2)).unwrap();
+    g.mem().write_obj(5u16, GuestAddress(used + 2)).unwrap();
     assert!(matches!(
         restore(&g, &snapshot),
         Err(RestoreError::UsedIdx { guest: 5, .. })
     ));
-    g.mem.write_obj(0u16, GuestAddress(used + 2)).unwrap();
+    g.mem().write_obj(0u16, GuestAddress(used + 2)).unwrap();
     // The guest's avail idx is more than a ring ahead.
-    g.mem.write_obj(40u16, GuestAddress(avail + 2)).unwrap();
+    g.mem().write_obj(40u16, GuestAddress(avail + 2)).unwrap();
     assert!(matches!(
         restore(&g, &snapshot),
         Err(RestoreError::AvailWindow { avail: 40, .. })
     ));
-    g.mem.write_obj(1u16, GuestAddress(avail + 2)).unwrap();
+    g.mem().write_obj(1u16, GuestAddress(avail + 2)).unwrap();
     assert!(restore(&g, &snapshot).is_ok());
     // Rings outside guest memory.
-    let mut far = snapshot.clone();
-    far[QUEUE0 + 19 + 5] = 0x10;
+    let mut far = Snapshot::decode(&snapshot).unwrap();
+    far.queues[0].used_ring |= 0x10 << 40;
     assert!(matches!(
-        restore(&g, &far),
+        restore(&g, &far.encode()),
         Err(RestoreError::RingUnreadable(0))
     ));
 }
@@ -410,7 +396,7 @@ fn restore_refuses_a_mismatched_destination() {
     })
     .unwrap();
     assert!(matches!(
-        other.restore(&snapshot, &g.mem),
+        other.restore(&snapshot, g.mem()),
         Err(RestoreError::Features(_))
     ));
 }

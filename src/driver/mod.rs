@@ -363,7 +363,8 @@ impl Driver {
         self.set_desc(mem, q, index, d);
     }
 
-    fn desc<M: GuestMemory>(&self, mem: &M, q: u16, index: u16) -> [u8; 16] {
+    /// Descriptor `index` (modulo size) as raw bytes.
+    pub fn desc<M: GuestMemory>(&self, mem: &M, q: u16, index: u16) -> [u8; 16] {
         let dq = &self.queues[usize::from(q)];
         let mut d = [0u8; 16];
         let _ = mem.read_slice(

@@ -6,7 +6,8 @@ use super::{
     Introspection, Migration, RingBase, SavedQueue, SavedState, SnapshotInspection, StopState,
     Want, WriteObservation,
 };
-use crate::device::{self, BlkDevice, DeviceConfig, MAX_QUEUE_SIZE, Snapshot, bits};
+use crate::device::request::{BlkRequest, Kind};
+use crate::device::{self, BlkDevice, DeviceConfig, MAX_QUEUE_SIZE, SavedRequest, Snapshot, bits};
 
 /// The GET_ID answer of every reference device.
 pub const DEVICE_ID: [u8; 20] = *b"stopfuzz-reference\0\0";
@@ -210,4 +211,70 @@ impl SnapshotInspection for BlkDevice {
             held: snap.requests.iter().map(|r| (r.queue, r.head)).collect(),
         })
     }
+}
+
+/// Byte flips of a reference snapshot with one held request, each making it inconsistent
+/// in one named way, as `(offset, xor)` for the snapshot target's seeds. The offsets come
+/// from the encoder, so they follow the format instead of being written down.
+pub struct SnapshotFlips {
+    /// Inuse no longer matches the records.
+    pub next_avail: (u16, u8),
+    /// The record count XOR 2.
+    pub record_count: (u16, u8),
+    /// A head past the ring.
+    pub record_head: (u16, u8),
+    /// NEEDS_RESET in the saved status.
+    pub status: (u16, u8),
+    /// A negotiated feature no device offers.
+    pub features: (u16, u8),
+}
+
+/// The flips for a device with `num_queues` queues. A field's offset depends only on the
+/// queues and the records before it, so any such snapshot locates the same bytes.
+pub fn snapshot_flips(num_queues: u16) -> SnapshotFlips {
+    let mut base = BlkDevice::new(DeviceConfig {
+        num_queues,
+        ..DeviceConfig::default()
+    })
+    .expect("a valid config")
+    .snapshot()
+    .expect("a fresh device saves");
+    base.requests.push(SavedRequest {
+        queue: 0,
+        head: 0,
+        req: BlkRequest {
+            kind: Kind::Out,
+            sector: 0,
+            data: Vec::new(),
+            status: 0,
+        },
+    });
+    let flip = |edit: &dyn Fn(&mut Snapshot)| field_flip(&base, edit);
+    SnapshotFlips {
+        next_avail: flip(&|s| s.queues[0].next_avail ^= 1),
+        record_count: flip(&|s| {
+            let r = s.requests[0].clone();
+            s.requests.resize(s.requests.len() ^ 2, r);
+        }),
+        record_head: flip(&|s| s.requests[0].head ^= 0x80),
+        status: flip(&|s| s.status ^= bits::S_NEEDS_RESET),
+        features: flip(&|s| s.driver_features ^= 1 << 36),
+    }
+}
+
+/// A mutate-mode flip `(offset, xor)` for the snapshot target: where `edit` first changes
+/// the encoding of `base`, and the XOR that makes that change. Offsets come from the encoder,
+/// so they follow the snapshot format instead of being written down here.
+fn field_flip(base: &Snapshot, edit: impl FnOnce(&mut Snapshot)) -> (u16, u8) {
+    let before = base.encode();
+    let mut edited = base.clone();
+    edit(&mut edited);
+    let after = edited.encode();
+    let at = before
+        .iter()
+        .zip(&after)
+        .position(|(a, b)| a != b)
+        .expect("the edit changes the snapshot");
+    let offset = u16::try_from(at).expect("a snapshot offset fits the input's u16");
+    (offset, before[at] ^ after[at])
 }

@@ -1,5 +1,7 @@
 //! The conforming ops: what a driver that follows the spec, and the disk, can do.
 
+use std::borrow::Cow;
+
 use super::Run;
 use crate::backend::{IoError, IoTag, SECTOR_SIZE};
 use crate::driver::Driver;
@@ -126,7 +128,7 @@ impl Run<'_> {
             && self.disk.outstanding().next().is_none()
         {
             self.hostile = false;
-            let image = self.disk_image();
+            let image = self.disk_image().into_owned();
             self.model.take_disk(&image);
         }
         let (features, size) = (self.features, self.driver.queues[0].size);
@@ -135,10 +137,10 @@ impl Run<'_> {
     }
 
     /// The disk as it stands: the harness's, or the one the device does its own I/O on.
-    pub(super) fn disk_image(&self) -> Vec<u8> {
+    pub(super) fn disk_image(&self) -> Cow<'_, [u8]> {
         match self.caps.disk {
-            DiskControl::Harness => self.disk.image().to_vec(),
-            DiskControl::External => self.dev.disk_image().unwrap_or_default(),
+            DiskControl::Harness => Cow::Borrowed(self.disk.image()),
+            DiskControl::External => Cow::Owned(self.dev.disk_image().unwrap_or_default()),
         }
     }
 

@@ -92,7 +92,7 @@ pub enum Shape {
 /// How a hostile driver moves avail idx.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Jump {
-    /// Back by 1 + n.
+    /// Back by 1 + n % size: at most a ring behind what was published.
     Back,
     /// More than a ring ahead of what was published: size + 1 + n.
     Ahead,
@@ -103,7 +103,7 @@ pub enum Jump {
 /// How a hostile driver corrupts a descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Corruption {
-    /// `next` points back at the chain's head.
+    /// The descriptor chains to itself (`NEXT` set, `next` = its own index).
     Loop,
     /// The address lies outside guest memory.
     Address,

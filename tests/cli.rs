@@ -97,3 +97,61 @@ fn replay_draws_rings() {
     assert!(text.contains("q0 avail.ring = ["), "{text}");
     assert!(text.contains("^--- avail.idx = 1"), "{text}");
 }
+
+#[test]
+fn the_oracle_level_changes_the_speed_not_the_digest() {
+    let tmp = std::env::temp_dir().join("stopfuzz-cli-oracle");
+    let out = tmp.to_str().unwrap();
+    let run = |oracle| {
+        let o = stopfuzz(&[
+            "run", "--execs", "400", "--seed", "3", "--oracle", oracle, "--out", out,
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        summary(&o).rsplit("digest=").next().unwrap().to_string()
+    };
+    assert_eq!(run("full"), run("crash-only"));
+}
+
+#[test]
+fn a_reduced_device_runs_clean_and_prints_what_it_skipped() {
+    let tmp = std::env::temp_dir().join("stopfuzz-cli-reduced");
+    let out = stopfuzz(&[
+        "run",
+        "--execs",
+        "150",
+        "--seed",
+        "2",
+        "--device",
+        "reduced",
+        "--hide",
+        "introspection",
+        "--out",
+        tmp.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(summary(&out).contains(" findings=0 "));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let skipped = stderr
+        .lines()
+        .find(|l| l.starts_with("skipped: "))
+        .expect("a skipped line");
+    for check in ["avail-window", "inuse-bound", "contract"] {
+        assert!(skipped.contains(check), "{skipped}");
+    }
+    assert!(!skipped.contains("write-confined"), "{skipped}");
+    let reference = stopfuzz(&["run", "--execs", "10", "--out", tmp.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&reference.stderr).contains("skipped: none"));
+}
+
+#[test]
+fn an_unknown_capability_or_device_is_a_usage_error() {
+    for args in [
+        &["run", "--device", "reduced", "--hide", "telepathy"][..],
+        &["run", "--device", "qemu-on-mars"][..],
+        &["run", "--oracle", "half"][..],
+        &["bench", "--engine", "afl"][..],
+    ] {
+        let out = stopfuzz(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}

@@ -14,4 +14,4 @@ echo "== cargo test (the README's test command)"
 cargo test
 
 echo "== planted bugs: every mutant found by the general invariants"
-cargo test --release --features mutants --test mutants
+cargo test --release --features mutants --test mutants --test minimize

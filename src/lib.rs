@@ -19,6 +19,7 @@ pub mod dut;
 pub mod engine;
 pub mod explore;
 pub mod memory;
+pub mod minimize;
 pub mod model;
 #[cfg(feature = "mutants")]
 pub mod mutants;

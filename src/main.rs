@@ -113,6 +113,33 @@ enum Command {
         #[arg(long, default_value = "corpus")]
         out: PathBuf,
     },
+    /// Shrink a finding's input at the level of the program, keeping its invariant; writes
+    /// the input, its trace and a Rust test.
+    Minimize {
+        file: PathBuf,
+        /// The target; by default taken from the path or file name.
+        #[arg(long)]
+        target: Option<Target>,
+        /// Where to write the minimized input (also PATH.txt and PATH.rs); default FILE.min.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceOpts,
+    },
+    /// Minimize a finding's input and keep it as a regression input with a named test.
+    Regress {
+        file: PathBuf,
+        /// What it found, in a few words: `kick-lost-after-resume`.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        target: Option<Target>,
+        /// The repository to add it to.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[command(flatten)]
+        device: DeviceOpts,
+    },
     /// Run inputs and print each outcome.
     Replay {
         /// Input files.
@@ -176,6 +203,19 @@ fn main() -> ExitCode {
             device,
         } => replay(&files, target, trace, rings, device.kind()),
         Command::Seeds { out } => seeds(&out),
+        Command::Minimize {
+            file,
+            target,
+            out,
+            device,
+        } => minimize(&file, target, out, device.kind()),
+        Command::Regress {
+            file,
+            name,
+            target,
+            repo,
+            device,
+        } => regress(&file, &name, target, &repo, device.kind()),
         Command::Bench {
             seconds,
             seeds,
@@ -400,6 +440,163 @@ fn bench(
     }
     println!("{summary}");
     ExitCode::SUCCESS
+}
+
+/// Reads a finding's input and minimizes it, or says why not.
+fn minimized(
+    file: &Path,
+    target: Option<Target>,
+    device: DeviceKind,
+) -> Result<(Target, Vec<u8>, stopfuzz::minimize::Minimized), String> {
+    let data = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let target = target.or_else(|| target_of(file)).ok_or_else(|| {
+        format!(
+            "cannot tell the target of {}; pass --target",
+            file.display()
+        )
+    })?;
+    stopfuzz::targets::quiet_panics_in_runs();
+    let m = stopfuzz::minimize::minimize(target, device, &data)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    eprintln!(
+        "minimized {}: {} at step {}; ops {} -> {}, bytes {} -> {}, {} runs",
+        file.display(),
+        m.invariant,
+        m.step,
+        m.ops_before,
+        m.input.program.ops.len(),
+        data.len(),
+        m.input.encode().len(),
+        m.runs
+    );
+    Ok((target, data, m))
+}
+
+fn minimize(
+    file: &Path,
+    target: Option<Target>,
+    out: Option<PathBuf>,
+    device: DeviceKind,
+) -> ExitCode {
+    let (target, _, m) = match minimized(file, target, device) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("stopfuzz: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = out.unwrap_or_else(|| file.with_extension("min"));
+    let bytes = m.input.encode();
+    let trace = target
+        .run_on(device, &bytes, true, OracleLevel::Full)
+        .trace
+        .map(|t| t.cut(m.step))
+        .unwrap_or_default();
+    let name = format!("minimized_{}", m.invariant.id().replace('-', "_"));
+    let what = format!(
+        "{} ({}): {} at step {}: {}",
+        target.name(),
+        device,
+        m.invariant,
+        m.step,
+        m.message
+    );
+    let writes = [
+        (out.clone(), bytes),
+        (
+            out.with_extension("min.txt"),
+            format!("{what}\n\n{trace}").into_bytes(),
+        ),
+        (
+            out.with_extension("min.rs"),
+            m.input.rust_test(target, &name, &what).into_bytes(),
+        ),
+    ];
+    for (path, contents) in writes {
+        if let Err(e) = std::fs::write(&path, contents) {
+            eprintln!("stopfuzz: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn regress(
+    file: &Path,
+    name: &str,
+    target: Option<Target>,
+    repo: &Path,
+    device: DeviceKind,
+) -> ExitCode {
+    match regress_into(file, name, target, repo, device) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stopfuzz: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn regress_into(
+    file: &Path,
+    name: &str,
+    target: Option<Target>,
+    repo: &Path,
+    device: DeviceKind,
+) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!(
+            "--name {name:?}: use lowercase words joined by '-'"
+        ));
+    }
+    let tests = repo.join("tests/regressions.rs");
+    let text = std::fs::read_to_string(&tests)
+        .map_err(|e| format!("cannot read {}: {e}", tests.display()))?;
+    let (target, _, m) = minimized(file, target, device)?;
+    let bytes = m.input.encode();
+    let mut digest = stopfuzz::trace::Digest::default();
+    digest.bytes(&bytes);
+    let file_name = format!("regress-{name}-{:016x}", digest.value());
+    let dir = repo.join("corpus").join(target.name());
+    let path = dir.join(&file_name);
+    std::fs::write(&path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let step = stopfuzz::minimize::step_of(&m.input.program, m.step);
+    let op = stopfuzz::minimize::step_line(&m.input.program, step);
+    let variant = match target {
+        Target::BlkConforming => "BlkConforming",
+        Target::BlkHostile => "BlkHostile",
+        Target::Snapshot => "Snapshot",
+    };
+    let entry = format!(
+        "\n    /// Cause: {} at step {}: {}.\n    /// Fix: say what fixed it.\n    fn {} =>\n        {variant} / \"{file_name}\",\n        \"{}\" at {step};",
+        m.invariant,
+        m.step,
+        m.message.replace('\n', " "),
+        name.replace('-', "_"),
+        op.replace('"', "\\\""),
+    );
+    let start = text
+        .find("regressions! {")
+        .ok_or_else(|| format!("{} has no `regressions! {{` block", tests.display()))?;
+    let end = start
+        + text[start..]
+            .find("\n}\n")
+            .ok_or_else(|| format!("{}: the regressions! block does not end", tests.display()))?;
+    let updated = format!("{}{entry}{}", &text[..end], &text[end..]);
+    std::fs::write(&tests, updated)
+        .map_err(|e| format!("cannot write {}: {e}", tests.display()))?;
+    println!("wrote {}", path.display());
+    println!(
+        "added the test `{}` to {}; write its cause and fix there",
+        name.replace('-', "_"),
+        tests.display()
+    );
+    Ok(())
 }
 
 fn seeds(out: &Path) -> ExitCode {

@@ -531,17 +531,44 @@ impl<'a> Arbitrary<'a> for Program {
     }
 }
 
-/// Prints a program as Rust that rebuilds it, so a finding can become a test.
+/// Prints a program as Rust that rebuilds it, so a finding can become a test: enum values
+/// are written with their type (`ReqType::Write`), so the text compiles with the
+/// [`RUST_USES`] in scope.
 impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "Program {{")?;
-        writeln!(f, "    config: {:?},", self.config)?;
+        writeln!(f, "    config: {},", qualify(&format!("{:?}", self.config)))?;
         writeln!(f, "    ops: vec![")?;
         for op in &self.ops {
-            writeln!(f, "        Op::{op:?},")?;
+            writeln!(f, "        Op::{},", qualify(&format!("{op:?}")))?;
         }
         write!(f, "    ],\n}}")
     }
+}
+
+/// The `use` lines a program printed with `{:?}` needs.
+pub const RUST_USES: &str = "use stopfuzz::backend::IoError;
+use stopfuzz::contract::{ErrorPolicy, InflightPolicy};
+use stopfuzz::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};";
+
+/// Writes each enum-typed field's value with its type, by the field's name.
+fn qualify(debug: &str) -> String {
+    const TYPES: [(&str, &str); 9] = [
+        ("req", "ReqType"),
+        ("shape", "Shape"),
+        ("error", "IoError"),
+        ("jump", "Jump"),
+        ("how", "Corruption"),
+        ("inflight", "InflightPolicy"),
+        ("trigger", "Trigger"),
+        ("write_policy", "ErrorPolicy"),
+        ("read_policy", "ErrorPolicy"),
+    ];
+    let mut out = debug.to_string();
+    for (field, ty) in TYPES {
+        out = out.replace(&format!(" {field}: "), &format!(" {field}: {ty}::"));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub fn quiet_panics_in_runs() {
 /// The snapshot target's input: byte 0 even means "mutate the program's snapshot" with
 /// `1 + byte 1 % 8` (offset u16, xor u8) triples before the program bytes; odd means "restore
 /// the remaining bytes as they are" after an empty program.
-fn snapshot_input(data: &[u8]) -> (SnapshotEdit, Program) {
+pub fn snapshot_input(data: &[u8]) -> (SnapshotEdit, Program) {
     match data.first() {
         Some(mode) if mode % 2 == 1 => (
             SnapshotEdit::Replace(data[1..].to_vec()),
@@ -145,6 +145,30 @@ fn snapshot_input(data: &[u8]) -> (SnapshotEdit, Program) {
                 .collect();
             let program = Program::decode(data.get(flips_end..).unwrap_or(&[]));
             (SnapshotEdit::Mutate(flips), program)
+        }
+    }
+}
+
+/// The bytes [`snapshot_input`] reads back as `edit` and `program`: its exact inverse for
+/// a `Mutate` of 1 to 8 flips or a `Replace`.
+pub fn snapshot_bytes(edit: &SnapshotEdit, program: &Program) -> Vec<u8> {
+    match edit {
+        SnapshotEdit::Replace(bytes) => [&[1u8][..], bytes].concat(),
+        SnapshotEdit::Mutate(flips) => {
+            // The format holds 1 to 8 flips; no flip at all is one that changes nothing.
+            let none = [(0, 0)];
+            let flips = if flips.is_empty() {
+                &none[..]
+            } else {
+                &flips[..flips.len().min(8)]
+            };
+            let mut out = vec![0, flips.len() as u8 - 1];
+            for &(offset, value) in flips {
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.push(value);
+            }
+            out.extend_from_slice(&program.encode());
+            out
         }
     }
 }

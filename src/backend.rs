@@ -15,8 +15,21 @@ pub type IoTag = u64;
 /// One I/O as the device submits it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Io {
-    Read { sector: u64, len: u32 },
-    Write { sector: u64, data: Vec<u8> },
+    /// Reads `len` bytes from `sector` on.
+    Read {
+        /// The first sector read.
+        sector: u64,
+        /// Bytes to read.
+        len: u32,
+    },
+    /// Writes `data` from `sector` on.
+    Write {
+        /// The first sector written.
+        sector: u64,
+        /// The bytes to write.
+        data: Vec<u8>,
+    },
+    /// Makes earlier writes durable (nothing to do on a [`MemDisk`]).
     Flush,
 }
 
@@ -32,7 +45,9 @@ pub enum IoError {
 /// A finished I/O. `Ok` carries the data of a read and is empty otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {
+    /// The I/O that finished.
     pub tag: IoTag,
+    /// How it ended.
     pub result: Result<Vec<u8>, IoError>,
 }
 
@@ -67,10 +82,12 @@ impl MemDisk {
         }
     }
 
+    /// Disk size in sectors.
     pub fn sectors(&self) -> u64 {
         self.image.len() as u64 / SECTOR_SIZE
     }
 
+    /// The disk contents, with every completed write applied.
     pub fn image(&self) -> &[u8] {
         &self.image
     }
@@ -123,10 +140,12 @@ impl MemDisk {
         self.full = true;
     }
 
+    /// Ends [`fill`](Self::fill): writes no longer fail with ENOSPC.
     pub fn heal(&mut self) {
         self.full = false;
     }
 
+    /// Whether writes fail with ENOSPC (between `fill` and `heal`).
     pub fn is_full(&self) -> bool {
         self.full
     }

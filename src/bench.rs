@@ -18,20 +18,29 @@ use crate::mutants::{self, Mutant};
 use crate::oracle::Invariant;
 use crate::targets::Target;
 
+/// The fuzzer that hunts the mutants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
+    /// The built-in explorer, in process.
     Explorer,
+    /// The cargo-fuzz binaries built with the `mutants` feature.
     LibFuzzer,
 }
 
+/// What `stopfuzz bench` runs.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
+    /// Budget per (mutant, seed).
     pub seconds: u64,
+    /// Seeds per mutant.
     pub seeds: u64,
+    /// The fuzzer.
     pub engine: Engine,
+    /// How much the oracle checks.
     pub oracle: OracleLevel,
     /// The device the explorer runs (libFuzzer's binaries run the reference).
     pub device: DeviceKind,
+    /// Worker threads for the explorer.
     pub jobs: usize,
     /// Where the cargo-fuzz binaries are (for `Engine::LibFuzzer`).
     pub fuzz_bin_dir: PathBuf,
@@ -40,9 +49,13 @@ pub struct BenchOptions {
 /// One (mutant, seed) attempt.
 #[derive(Clone, Debug)]
 pub struct Attempt {
+    /// The mutant was found.
     pub found: bool,
+    /// Time to the finding, or the whole run when missed.
     pub time: Duration,
+    /// Executions up to the finding, or in the whole run; `None` when unknown.
     pub execs: Option<u64>,
+    /// The invariant that caught it.
     pub invariant: Option<Invariant>,
 }
 

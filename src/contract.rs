@@ -29,14 +29,14 @@ pub enum ErrorPolicy {
 
 /// What a failed attempt leads to under a policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reaction {
+pub(crate) enum Reaction {
     Report,
     Ignore,
     Park,
 }
 
 impl ErrorPolicy {
-    pub fn reaction(self, error: IoError) -> Reaction {
+    pub(crate) fn reaction(self, error: IoError) -> Reaction {
         match (self, error) {
             (ErrorPolicy::Report, _) | (ErrorPolicy::Enospc, IoError::Io) => Reaction::Report,
             (ErrorPolicy::Ignore, _) => Reaction::Ignore,
@@ -49,7 +49,10 @@ impl ErrorPolicy {
 /// (`read` is rerror, `write` is werror and also covers flushes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Contract {
+    /// What a stop acknowledgement waits for.
     pub inflight: InflightPolicy,
+    /// What a failed write or flush does.
     pub write_policy: ErrorPolicy,
+    /// What a failed read does.
     pub read_policy: ErrorPolicy,
 }

@@ -31,20 +31,30 @@ const SAVED_PER_INVARIANT: usize = 3;
 /// How long to explore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Budget {
+    /// Stop after this many seconds.
     Seconds(u64),
+    /// Run exactly this many executions.
     Execs(u64),
 }
 
+/// What to explore, and how.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// The target every input goes through.
     pub target: Target,
+    /// The device under test.
     pub device: DeviceKind,
+    /// When to stop.
     pub budget: Budget,
+    /// The seed every input derives from, with its execution index.
     pub seed: u64,
+    /// Worker threads.
     pub jobs: usize,
+    /// Where to save findings; `None` saves nothing.
     pub out: Option<PathBuf>,
     /// Print a progress line every second.
     pub progress: bool,
+    /// How much the oracle checks.
     pub oracle: OracleLevel,
     /// End at the first finding (for measuring time to detection).
     pub stop_on_first: bool,
@@ -53,12 +63,17 @@ pub struct Options {
 /// What an exploration found.
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
+    /// Executions folded in so far.
     pub execs: u64,
+    /// Time since the exploration started.
     pub elapsed: Duration,
+    /// Executions that ended in a finding.
     pub findings: u64,
+    /// Every execution's report digest, folded in index order; set at the end.
     pub digest: u64,
     /// How many executions reached each scenario, in [`Scenarios::NAMES`] order.
     pub scenarios: [u64; 6],
+    /// Findings per invariant.
     pub by_invariant: BTreeMap<Invariant, u64>,
     /// The first finding of each invariant, with its input.
     pub examples: BTreeMap<Invariant, (Vec<u8>, Finding)>,
@@ -69,6 +84,7 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Executions per second so far.
     pub fn execs_per_s(&self) -> f64 {
         self.execs as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -85,6 +101,7 @@ impl Summary {
         )
     }
 
+    /// `name=count` for each scenario, space-separated.
     pub fn scenario_counts(&self) -> String {
         Scenarios::NAMES
             .iter()

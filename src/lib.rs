@@ -9,6 +9,8 @@
 //! The reference device is [`device`]. Nothing on the checking side (engine, oracle,
 //! model, driver, program) imports it: they speak [`dut`], [`contract`] and [`virtio`].
 
+#![warn(missing_docs)]
+
 pub mod backend;
 #[cfg(feature = "mutants")]
 pub mod bench;

@@ -194,12 +194,16 @@ pub struct Checkpoint {
 /// Errors from building a [`GuestMem`].
 #[derive(Debug, thiserror::Error)]
 pub enum GuestMemError {
+    /// The size is 0, not a multiple of 4096, or over 4 GiB.
     #[error("guest memory size {0:#x} is not a non-zero multiple of 4096 of at most 4 GiB")]
     InvalidSize(usize),
+    /// The mmap failed.
     #[error("cannot mmap guest memory: {0}")]
     Mmap(#[from] MmapRegionError),
+    /// vm-memory would not place the region at address 0.
     #[error("cannot place the guest memory region at address 0")]
     RegionPlacement,
+    /// vm-memory would not build a memory from the region.
     #[error("cannot build guest memory: {0}")]
     Collection(#[from] GuestRegionCollectionError),
 }

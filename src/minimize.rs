@@ -16,11 +16,14 @@ const ROUNDS: usize = 8;
 /// An input of a target, decoded into what can be shrunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
+    /// The snapshot target's edit; `None` for the other targets.
     pub edit: Option<SnapshotEdit>,
+    /// The program the target runs.
     pub program: Program,
 }
 
 impl Input {
+    /// Reads `bytes` as `target` does.
     pub fn decode(target: Target, bytes: &[u8]) -> Input {
         match target {
             Target::Snapshot => {
@@ -37,6 +40,7 @@ impl Input {
         }
     }
 
+    /// The canonical bytes of this input.
     pub fn encode(&self) -> Vec<u8> {
         match &self.edit {
             Some(edit) => snapshot_bytes(edit, &self.program),
@@ -67,20 +71,27 @@ impl Input {
 
 /// What minimizing gave.
 pub struct Minimized {
+    /// The smallest input found.
     pub input: Input,
+    /// The invariant it still breaks.
     pub invariant: Invariant,
     /// The step the invariant fires at, in the minimized input.
     pub step: usize,
+    /// The finding's message on the minimized input.
     pub message: String,
+    /// Ops in the input before minimizing.
     pub ops_before: usize,
+    /// Runs the search took.
     pub runs: usize,
 }
 
 /// Why an input cannot be minimized.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MinimizeError {
+    /// The input has no finding.
     #[error("the input passes: there is no finding to keep")]
     Passes,
+    /// Re-encoded, the input loses its finding.
     #[error("the input's canonical form no longer finds {0}")]
     NotCanonical(Invariant),
 }

@@ -12,6 +12,7 @@ use crate::contract::{ErrorPolicy, Reaction};
 use crate::program::ReqType;
 use crate::virtio::{BLK_S_IOERR, BLK_S_OK, BLK_S_UNSUPP};
 
+/// A request's index in [`Model::requests`].
 pub type ReqId = usize;
 
 /// Where a request stands, as the driver sees it.
@@ -19,7 +20,9 @@ pub type ReqId = usize;
 pub enum ReqState {
     /// Written to the ring, avail idx not yet moved past it.
     Staged,
+    /// Avail idx has moved past it: the device may take it.
     Published,
+    /// Its used entry has been read.
     Completed,
     /// Dropped by a queue or device reset: it must never complete.
     Abandoned,
@@ -28,26 +31,43 @@ pub enum ReqState {
 /// How the last disk attempt for a request ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attempt {
-    Succeeded { data: Vec<u8> },
+    /// The disk did it.
+    Succeeded {
+        /// What a read returned; empty for anything else.
+        data: Vec<u8>,
+    },
+    /// The disk failed it.
     Failed(IoError),
 }
 
+/// A request the driver made, and what became of it.
 #[derive(Clone, Debug)]
 pub struct Request {
+    /// Its queue.
     pub q: u16,
+    /// The head of its descriptor chain.
     pub head: u16,
+    /// The avail ring position it was written at.
     pub avail_pos: u16,
+    /// What it asks for.
     pub kind: ReqType,
+    /// Its first sector.
     pub sector: u64,
+    /// Sectors it covers; 0 for a flush or GET_ID.
     pub sectors: u64,
     /// What a write puts on the disk.
     pub data: Vec<u8>,
+    /// The device-writable buffers of its chain: (address, length).
     pub writable: Vec<(u64, u32)>,
+    /// Where its data buffer is.
     pub data_addr: u64,
+    /// Where its status byte is.
     pub status_addr: u64,
+    /// Where it stands.
     pub state: ReqState,
     /// The disk I/O running for it now.
     pub io: Option<IoTag>,
+    /// How its last disk attempt ended; `None` until one has.
     pub last: Option<Attempt>,
 }
 
@@ -56,6 +76,7 @@ impl Request {
         self.sector..self.sector + self.sectors
     }
 
+    /// Staged or published: neither completed nor dropped.
     pub fn is_open(&self) -> bool {
         matches!(self.state, ReqState::Staged | ReqState::Published)
     }
@@ -64,7 +85,9 @@ impl Request {
 /// What the guest must see when a request completes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
+    /// The status byte.
     pub status: u8,
+    /// The used length.
     pub len: u32,
     /// Bytes the data buffer must hold, when known.
     pub data: Option<Vec<u8>>,
@@ -81,25 +104,33 @@ pub enum NotYet {
     Parked,
 }
 
+/// Every request of a run, and what the disk must hold.
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// Every request made, by [`ReqId`].
     pub requests: Vec<Request>,
     /// Open requests by (queue, head).
     open: BTreeMap<(u16, u16), ReqId>,
     by_io: BTreeMap<IoTag, ReqId>,
+    /// What the disk must hold: the driver's data for every write that succeeded.
     pub disk: Vec<u8>,
     /// Per sector: its contents are unknown, because a write the model cannot follow may
     /// have landed there.
     pub uncertain: Vec<bool>,
     /// The device does its own disk I/O: a write dropped by a reset may still land.
     pub io_unseen: bool,
+    /// What a failed write or flush does.
     pub write_policy: ErrorPolicy,
+    /// What a failed read does.
     pub read_policy: ErrorPolicy,
+    /// FLUSH was negotiated.
     pub flush: bool,
+    /// The GET_ID answer.
     pub device_id: [u8; 20],
 }
 
 impl Model {
+    /// No requests yet, and a zeroed disk of `disk_sectors` sectors.
     pub fn new(
         disk_sectors: u64,
         write_policy: ErrorPolicy,
@@ -121,6 +152,7 @@ impl Model {
         }
     }
 
+    /// Takes in a request the driver built; it is open until completed or dropped.
     pub fn add(&mut self, req: Request) -> ReqId {
         let id = self.requests.len();
         self.open.insert((req.q, req.head), id);
@@ -128,10 +160,12 @@ impl Model {
         id
     }
 
+    /// The open request with this queue and head, if any.
     pub fn open(&self, q: u16, head: u16) -> Option<ReqId> {
         self.open.get(&(q, head)).copied()
     }
 
+    /// The open requests, by queue and head.
     pub fn open_ids(&self) -> impl Iterator<Item = ReqId> + '_ {
         self.open.values().copied()
     }
@@ -187,6 +221,7 @@ impl Model {
         .or_else(|| self.requests.iter().rposition(matches))
     }
 
+    /// Disk I/O `tag` now runs for request `id`.
     pub fn io_started(&mut self, tag: IoTag, id: ReqId) {
         self.by_io.insert(tag, id);
         self.requests[id].io = Some(tag);
@@ -302,6 +337,7 @@ impl Model {
         }
     }
 
+    /// The driver read request `id`'s used entry: it is done.
     pub fn complete(&mut self, id: ReqId) {
         let r = &mut self.requests[id];
         r.state = ReqState::Completed;

@@ -14,14 +14,17 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 macro_rules! mutants {
     ($($(#[$doc:meta])* $name:ident = $id:literal,)*) => {
+        /// A planted bug.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
         pub enum Mutant {
             $($(#[$doc])* $name,)*
         }
 
         impl Mutant {
+            /// Every mutant, in declaration order.
             pub const ALL: &[Mutant] = &[$(Mutant::$name,)*];
 
+            /// The name `STOPFUZZ_MUTANT` and [`FromStr`] take.
             pub fn name(self) -> &'static str {
                 match self {
                     $(Mutant::$name => $id,)*
@@ -108,6 +111,7 @@ pub fn select(mutant: Option<Mutant>) {
     SELECTED.store(code, Ordering::Relaxed);
 }
 
+/// The selected mutant: the last [`select`], or else `STOPFUZZ_MUTANT`, read on first use.
 pub fn selected() -> Option<Mutant> {
     FROM_ENV.get_or_init(|| {
         if let Ok(name) = std::env::var("STOPFUZZ_MUTANT") {
@@ -124,6 +128,7 @@ pub fn selected() -> Option<Mutant> {
     }
 }
 
+/// Whether `mutant` is the selected one; `mutant!(Name)` expands to this.
 pub fn on(mutant: Mutant) -> bool {
     selected() == Some(mutant)
 }

@@ -32,7 +32,9 @@ use arbitrary::{Arbitrary, Unstructured};
 use crate::backend::IoError;
 use crate::contract::{ErrorPolicy, InflightPolicy};
 
+/// The version `encode` writes in byte 0.
 pub const FORMAT_VERSION: u8 = 1;
+/// Most ops in a program; decoding drops the rest.
 pub const MAX_OPS: usize = 256;
 /// Most queues a program drives (config byte 1, bits 0-1).
 pub const MAX_QUEUES: usize = 4;
@@ -43,23 +45,34 @@ const HEADER_BYTES: usize = 1 + CONFIG_BYTES;
 /// The driver-visible stop trigger a program uses. The host stop is always available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
+    /// virtio 1.4's SUSPEND status bit (`F_SUSPEND`).
     Suspend,
+    /// The STOP proposal's DEVICE_STOPPED status bit (`F_STOP`).
     StopBit,
 }
 
+/// How the device is built and what the driver asks of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// 1 to 4.
     pub queues: u8,
     /// A power of two, 2 to 256.
     pub queue_size: u16,
+    /// What a stop acknowledgement waits for.
     pub inflight: InflightPolicy,
+    /// How the driver stops the device.
     pub trigger: Trigger,
+    /// The driver asks for EVENT_IDX.
     pub event_idx: bool,
+    /// The driver asks for INDIRECT_DESC.
     pub indirect: bool,
+    /// The driver asks for FLUSH.
     pub flush: bool,
+    /// The driver asks for RING_RESET.
     pub ring_reset: bool,
+    /// What a failed write or flush does.
     pub write_policy: ErrorPolicy,
+    /// What a failed read does; decoding never gives `Enospc`.
     pub read_policy: ErrorPolicy,
     /// Where every ring's indices start, reached by restoring a snapshot.
     pub start_index: u16,
@@ -70,9 +83,13 @@ pub struct Config {
 /// The kind of a virtio-blk request the driver makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReqType {
+    /// A read (`T_IN`).
     Read,
+    /// A write (`T_OUT`).
     Write,
+    /// A flush (`T_FLUSH`).
     Flush,
+    /// A read of the device's ID string (`T_GET_ID`).
     GetId,
 }
 
@@ -117,34 +134,47 @@ pub enum Corruption {
     Next,
 }
 
+/// One step of a program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Writes a request's buffers, descriptors and avail entry; publish makes it visible.
     /// `sectors` is 1 to 4; `sector` is reduced modulo the disk size.
     Submit {
+        /// The queue, modulo the queue count.
         queue: u8,
+        /// What the request asks for.
         req: ReqType,
+        /// How its buffers are split into descriptors.
         shape: Shape,
+        /// Where it starts.
         sector: u8,
+        /// How many sectors it covers.
         sectors: u8,
+        /// Picks a write's data.
         seed: u8,
     },
     /// Writes avail idx.
     Publish {
+        /// The queue, modulo the queue count.
         queue: u8,
     },
     /// Notifies the device, unless it asked not to be.
     Kick {
+        /// The queue, modulo the queue count.
         queue: u8,
     },
     /// Lets the device run.
     Poll,
     /// Completes the `pick`-th outstanding disk I/O (modulo their number).
     Complete {
+        /// Which outstanding I/O, modulo their number.
         pick: u8,
     },
+    /// Fails the `pick`-th outstanding disk I/O (modulo their number) with `error`.
     Fail {
+        /// Which outstanding I/O, modulo their number.
         pick: u8,
+        /// How it fails.
         error: IoError,
     },
     /// Every write fails with ENOSPC until `Heal`.
@@ -153,16 +183,22 @@ pub enum Op {
     Heal,
     /// The driver takes used buffers and frees their descriptors.
     Reap {
+        /// The queue, modulo the queue count.
         queue: u8,
     },
     /// The configured driver-visible stop trigger.
     DriverStop,
+    /// Clears the driver's stop trigger.
     DriverResume,
+    /// A stop by the host, invisible to the guest.
     HostStop,
+    /// Ends the host stop.
     HostResume,
     /// Stop, wait for the acknowledgement, save, restore into a fresh device, resume.
     Migrate,
+    /// Resets one virtqueue (RING_RESET), and the driver sets it up again.
     QueueReset {
+        /// The queue, modulo the queue count.
         queue: u8,
     },
     /// Status 0, then initialization again.
@@ -170,27 +206,40 @@ pub enum Op {
     /// Completes all disk I/O and polls until nothing moves.
     Settle,
     // Hostile ops: blk_hostile only.
+    /// Writes avail idx where a conforming driver never would, and kicks.
     AvailJump {
+        /// The queue, modulo the queue count.
         queue: u8,
+        /// Which way.
         jump: Jump,
+        /// Added to the distance (for `Back`, modulo size).
         n: u8,
     },
     /// Overwrites an avail ring slot (modulo size) with a head (raw).
     RewriteAvail {
+        /// The queue, modulo the queue count.
         queue: u8,
+        /// The avail ring slot, modulo size.
         slot: u8,
+        /// The head written there, as is.
         head: u8,
     },
     /// Corrupts the descriptor table entry `index` (modulo size).
     CorruptDesc {
+        /// The queue, modulo the queue count.
         queue: u8,
+        /// The descriptor, modulo size.
         index: u8,
+        /// What is corrupted.
         how: Corruption,
     },
     /// Submits, publishes and kicks even while the driver has stopped the device.
     ForceSubmit {
+        /// The queue, modulo the queue count.
         queue: u8,
+        /// What the request asks for.
         req: ReqType,
+        /// The one sector it covers; also picks a write's data.
         sector: u8,
     },
 }
@@ -198,30 +247,52 @@ pub enum Op {
 /// The op kinds, in encoding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OpKind {
+    /// [`Op::Submit`].
     Submit,
+    /// [`Op::Publish`].
     Publish,
+    /// [`Op::Kick`].
     Kick,
+    /// [`Op::Poll`].
     Poll,
+    /// [`Op::Complete`].
     Complete,
+    /// [`Op::Fail`].
     Fail,
+    /// [`Op::DiskFull`].
     DiskFull,
+    /// [`Op::Heal`].
     Heal,
+    /// [`Op::Reap`].
     Reap,
+    /// [`Op::DriverStop`].
     DriverStop,
+    /// [`Op::DriverResume`].
     DriverResume,
+    /// [`Op::HostStop`].
     HostStop,
+    /// [`Op::HostResume`].
     HostResume,
+    /// [`Op::Migrate`].
     Migrate,
+    /// [`Op::QueueReset`].
     QueueReset,
+    /// [`Op::DeviceReset`].
     DeviceReset,
+    /// [`Op::Settle`].
     Settle,
+    /// [`Op::AvailJump`].
     AvailJump,
+    /// [`Op::RewriteAvail`].
     RewriteAvail,
+    /// [`Op::CorruptDesc`].
     CorruptDesc,
+    /// [`Op::ForceSubmit`].
     ForceSubmit,
 }
 
 impl OpKind {
+    /// Every kind, in encoding order: an op's first byte indexes this, modulo its length.
     pub const ALL: [OpKind; 21] = [
         OpKind::Submit,
         OpKind::Publish,
@@ -253,6 +324,7 @@ impl OpKind {
 }
 
 impl Op {
+    /// Its [`OpKind`].
     pub fn kind(&self) -> OpKind {
         match self {
             Op::Submit { .. } => OpKind::Submit,
@@ -478,7 +550,9 @@ impl Default for Config {
 /// A scenario: how the device is built and what happens to it.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Program {
+    /// How the device is built and what the driver asks of it.
     pub config: Config,
+    /// What happens, in order.
     pub ops: Vec<Op>,
 }
 

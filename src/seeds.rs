@@ -13,8 +13,11 @@ use crate::targets::Target;
 
 /// A named seed for a target.
 pub struct Seed {
+    /// The target it seeds.
     pub target: Target,
+    /// Its file is `seed-<name>`.
     pub name: &'static str,
+    /// The input.
     pub bytes: Vec<u8>,
 }
 

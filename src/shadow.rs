@@ -13,6 +13,7 @@ use crate::memory::{Checkpoint, GuestMem};
 
 const PAGE: usize = 4096;
 
+/// Guest memory as last synced or diffed.
 pub struct Shadow {
     copy: Vec<u8>,
     /// Pages of `copy` that may be non-zero, one bit each.

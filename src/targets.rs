@@ -15,16 +15,23 @@ use crate::engine::{Engine, Finding, Mode, OracleLevel, Outcome, Report, Scenari
 use crate::oracle::Invariant;
 use crate::program::Program;
 
+/// A fuzz target: what its input bytes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Target {
+    /// A conforming driver, with every lifecycle op and fault.
     BlkConforming,
+    /// The hostile ops as well.
     BlkHostile,
+    /// A program, then its device's snapshot edited (or replaced) and restored into a
+    /// fresh device.
     Snapshot,
 }
 
 impl Target {
+    /// Every target.
     pub const ALL: [Target; 3] = [Target::BlkConforming, Target::BlkHostile, Target::Snapshot];
 
+    /// Its name in the fuzz binaries, the corpus and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Target::BlkConforming => "blk_conforming",
@@ -192,14 +199,17 @@ fn panic_on(report: Report) {
     }
 }
 
+/// The `blk_conforming` target for fuzzers: panics on a finding.
 pub fn blk_conforming(data: &[u8]) {
     panic_on(Target::BlkConforming.run_with(data, false, fuzz_oracle()))
 }
 
+/// The `blk_hostile` target for fuzzers: panics on a finding.
 pub fn blk_hostile(data: &[u8]) {
     panic_on(Target::BlkHostile.run_with(data, false, fuzz_oracle()))
 }
 
+/// The `snapshot` target for fuzzers: panics on a finding.
 pub fn snapshot(data: &[u8]) {
     panic_on(Target::Snapshot.run_with(data, false, fuzz_oracle()))
 }

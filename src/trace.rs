@@ -17,6 +17,7 @@ impl Default for Digest {
 }
 
 impl Digest {
+    /// Folds in `bytes`.
     pub fn bytes(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 ^= u64::from(b);
@@ -24,10 +25,12 @@ impl Digest {
         }
     }
 
+    /// Folds in `v`, little-endian.
     pub fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
     }
 
+    /// The hash of everything folded in.
     pub fn value(&self) -> u64 {
         self.0
     }
@@ -36,14 +39,17 @@ impl Digest {
 /// The rendered steps of a traced run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Trace {
+    /// Numbered step lines, and the indented notes under them.
     pub lines: Vec<String>,
 }
 
 impl Trace {
+    /// Appends the numbered line of step `step`.
     pub fn step(&mut self, step: usize, text: &str) {
         self.lines.push(format!("{step:>4}  {text}"));
     }
 
+    /// Appends an indented note line.
     pub fn note(&mut self, text: &str) {
         self.lines.push(format!("      {text}"));
     }
@@ -67,13 +73,13 @@ impl Trace {
 }
 
 /// One avail slot as the thread draws it: the head written there and what became of it.
-pub struct SlotView {
+pub(crate) struct SlotView {
     pub head: Option<u16>,
     pub state: &'static str,
 }
 
 /// Draws a ring like the thread: the avail entries, their state, and where avail idx is.
-pub fn draw_ring(q: u16, slots: &[SlotView], avail_idx: u16) -> String {
+pub(crate) fn draw_ring(q: u16, slots: &[SlotView], avail_idx: u16) -> String {
     let size = slots.len().max(1);
     let heads: Vec<String> = slots
         .iter()

@@ -63,10 +63,13 @@ pub struct DeviceConfig {
     pub capacity: u64,
     /// Offered features, a subset of [`bits::SUPPORTED`] that includes `F_VERSION_1`.
     pub features: u64,
+    /// What a stop acknowledgement waits for.
     pub inflight: InflightPolicy,
+    /// What a failed write or flush does (QEMU's werror).
     pub write_policy: ErrorPolicy,
     /// `Enospc` is not allowed: QEMU's rerror has no such action.
     pub read_policy: ErrorPolicy,
+    /// The GET_ID answer.
     pub device_id: [u8; ID_BYTES],
 }
 
@@ -88,14 +91,19 @@ impl Default for DeviceConfig {
 /// Why a [`DeviceConfig`] cannot build a device.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// `num_queues` is 0 or above [`MAX_QUEUES`].
     #[error("num_queues {0} is not between 1 and {MAX_QUEUES}")]
     NumQueues(u16),
+    /// `queue_max_size` is not a power of two, or above [`MAX_QUEUE_SIZE`].
     #[error("queue_max_size {0} is not a power of two up to {MAX_QUEUE_SIZE}")]
     QueueSize(u16),
+    /// The offered features include unsupported bits, or lack `F_VERSION_1`.
     #[error("offered features {0:#x} include unsupported bits or lack VERSION_1")]
     Features(u64),
+    /// More than one queue, without `F_MQ` offered.
     #[error("more than one queue needs VIRTIO_BLK_F_MQ offered")]
     MqNotOffered,
+    /// The read policy is `Enospc`.
     #[error("the read policy cannot be enospc")]
     ReadEnospc,
 }
@@ -124,6 +132,7 @@ impl DeviceConfig {
 /// Where a stop request stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopState {
+    /// No stop requested.
     Running,
     /// Requested, not yet acknowledged.
     Stopping,
@@ -143,7 +152,9 @@ pub struct Interrupts {
 /// A popped request the device still holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held {
+    /// The queue it was popped from.
     pub queue: u16,
+    /// The head of its descriptor chain.
     pub head: u16,
     /// Failed under a stop-class policy and waiting for a retry.
     pub parked: bool,
@@ -197,6 +208,7 @@ pub struct BlkDevice {
 }
 
 impl BlkDevice {
+    /// A device as `cfg` says, freshly reset, or why `cfg` cannot be built.
     pub fn new(cfg: DeviceConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let queues = (0..cfg.num_queues)
@@ -218,16 +230,19 @@ impl BlkDevice {
         })
     }
 
+    /// How the device was built.
     pub fn config(&self) -> &DeviceConfig {
         &self.cfg
     }
 
     // ---- The transport, as the driver sees it.
 
+    /// The features the device offers.
     pub fn device_features(&self) -> u64 {
         self.cfg.features
     }
 
+    /// The features the driver last wrote; FEATURES_OK says whether they were accepted.
     pub fn driver_features(&self) -> u64 {
         self.driver_features
     }
@@ -239,6 +254,8 @@ impl BlkDevice {
         }
     }
 
+    /// The status as the driver reads it. Once a driver stop is acknowledged, its bit reads
+    /// set, and with SUSPEND, DRIVER_OK reads clear.
     pub fn read_status(&self) -> u8 {
         match (self.driver_stop, self.driver_stop_bit) {
             (StopState::Stopped, S_SUSPEND) => (self.status & !S_DRIVER_OK) | S_SUSPEND,
@@ -341,6 +358,8 @@ impl BlkDevice {
         }
     }
 
+    /// Sets a queue's descriptor table, avail ring and used ring addresses, ignored as
+    /// [`Self::queue_set_size`] is.
     pub fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64) {
         if let Some(vq) = self.idle_queue(q) {
             let _ = vq.queue.try_set_desc_table_address(GuestAddress(desc));
@@ -415,6 +434,7 @@ impl BlkDevice {
         }
     }
 
+    /// Takes the interrupts sent since the last call.
     pub fn take_interrupts(&mut self) -> Interrupts {
         std::mem::take(&mut self.interrupts)
     }
@@ -429,6 +449,8 @@ impl BlkDevice {
         }
     }
 
+    /// Ends a host stop, acknowledged or not, as if every queue were kicked and a retry
+    /// asked for.
     pub fn host_resume(&mut self) {
         if self.host_stop != StopState::Running {
             self.host_stop = StopState::Running;
@@ -442,10 +464,12 @@ impl BlkDevice {
         self.retry_due = true;
     }
 
+    /// Where a host stop stands.
     pub fn host_stop_state(&self) -> StopState {
         self.host_stop
     }
 
+    /// Where a driver stop (SUSPEND or DEVICE_STOPPED) stands.
     pub fn driver_stop_state(&self) -> StopState {
         self.driver_stop
     }
@@ -491,6 +515,7 @@ impl BlkDevice {
 
     // ---- Introspection, for the harness.
 
+    /// Whether the device has set DEVICE_NEEDS_RESET.
     pub fn needs_reset(&self) -> bool {
         self.status & S_NEEDS_RESET != 0
     }

@@ -18,7 +18,7 @@ const HEADER_BYTES: u64 = 16;
 
 /// One descriptor's buffer, as the chain walk yields it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Desc {
+pub(crate) struct Desc {
     pub addr: u64,
     pub len: u32,
     pub write: bool,
@@ -27,19 +27,25 @@ pub struct Desc {
 /// A piece of guest memory holding request data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
+    /// Guest address.
     pub addr: u64,
+    /// Length in bytes.
     pub len: u32,
 }
 
 /// The requests that go to the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A read (`T_IN`).
     In,
+    /// A write (`T_OUT`).
     Out,
+    /// A flush (`T_FLUSH`).
     Flush,
 }
 
 impl Kind {
+    /// The virtio-blk request type.
     pub fn blk_type(self) -> u32 {
         match self {
             Kind::In => T_IN,
@@ -48,6 +54,7 @@ impl Kind {
         }
     }
 
+    /// The kind of request type `t`; `None` for a type that does not go to the disk.
     pub fn from_blk_type(t: u32) -> Option<Kind> {
         match t {
             T_IN => Some(Kind::In),
@@ -62,14 +69,18 @@ impl Kind {
 /// resume, or on another device after restore. It never needs the rings again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlkRequest {
+    /// What the disk is asked to do.
     pub kind: Kind,
+    /// The header's start sector.
     pub sector: u64,
     /// Device-writable for IN, device-readable for OUT, empty for FLUSH.
     pub data: Vec<Segment>,
+    /// Guest address of the status byte.
     pub status: u64,
 }
 
 impl BlkRequest {
+    /// Bytes of data, over all segments.
     pub fn data_len(&self) -> u64 {
         self.data.iter().map(|s| u64::from(s.len)).sum()
     }
@@ -93,7 +104,7 @@ impl BlkRequest {
 
 /// What the device must do with a chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// Submit to the disk.
     Io(BlkRequest),
     /// Finish now: write `reply` into `reply_to`, then `status` at `status_addr`.
@@ -108,13 +119,13 @@ pub enum Parsed {
 }
 
 /// What parsing needs to know about the device.
-pub struct Limits<'a> {
+pub(crate) struct Limits<'a> {
     pub capacity: u64,
     pub flush: bool,
     pub device_id: &'a [u8; ID_BYTES],
 }
 
-pub fn parse<M: GuestMemory>(descs: &[Desc], mem: &M, limits: &Limits) -> Parsed {
+pub(crate) fn parse<M: GuestMemory>(descs: &[Desc], mem: &M, limits: &Limits) -> Parsed {
     let (mut readable, mut writable, mut misordered) = (Vec::new(), Vec::new(), false);
     for d in descs {
         let seg = Segment {
@@ -185,7 +196,7 @@ pub fn parse<M: GuestMemory>(descs: &[Desc], mem: &M, limits: &Limits) -> Parsed
 }
 
 /// Copies `bytes` into `segs` in order; returns how many bytes landed.
-pub fn scatter<M: GuestMemory>(mem: &M, segs: &[Segment], bytes: &[u8]) -> Option<usize> {
+pub(crate) fn scatter<M: GuestMemory>(mem: &M, segs: &[Segment], bytes: &[u8]) -> Option<usize> {
     let mut done = 0;
     for s in segs {
         if done == bytes.len() {
@@ -200,7 +211,7 @@ pub fn scatter<M: GuestMemory>(mem: &M, segs: &[Segment], bytes: &[u8]) -> Optio
 }
 
 /// Reads `segs` back to back.
-pub fn gather<M: GuestMemory>(mem: &M, segs: &[Segment]) -> Option<Vec<u8>> {
+pub(crate) fn gather<M: GuestMemory>(mem: &M, segs: &[Segment]) -> Option<Vec<u8>> {
     let mut out = vec![0; trim_len(segs) as usize];
     let mut at = 0;
     for s in segs {

@@ -33,10 +33,13 @@ const SAVED_STATUS: u8 = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
 /// Why a device cannot be saved now.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SaveError {
+    /// The device is live and no stop is acknowledged.
     #[error("the device is running: acknowledge a stop first")]
     Running,
+    /// Disk I/O is outstanding, for a held request or one a reset dropped.
     #[error("disk I/O is still outstanding")]
     Busy,
+    /// The device needs a reset, or the driver set FAILED.
     #[error("the device needs a reset")]
     Broken,
 }
@@ -44,82 +47,164 @@ pub enum SaveError {
 /// Why a snapshot was refused. The destination is left as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// The bytes end inside a field.
     #[error("snapshot ends early")]
     Truncated,
+    /// The bytes do not start with the magic `SFBK`.
     #[error("not a stopfuzz device snapshot")]
     BadMagic,
+    /// A format version this build does not read.
     #[error("snapshot version {0} is not supported (this build reads version {VERSION})")]
     Version(u8),
+    /// Bytes follow the last record.
     #[error("{0} bytes follow the snapshot")]
     TrailingBytes(usize),
+    /// The destination has status bits, held requests, disk I/O or an enabled queue.
     #[error("the destination device is not freshly reset")]
     NotFresh,
+    /// A configuration field differs from the destination's, or exceeds any device's.
     #[error("snapshot {field} is {saved}, the destination has {ours}")]
     ConfigMismatch {
+        /// The field's name in [`DeviceConfig`](super::DeviceConfig).
         field: &'static str,
+        /// The snapshot's value.
         saved: u64,
+        /// The destination's value, or the most any device has.
         ours: u64,
     },
+    /// Negotiated features the destination does not offer.
     #[error("negotiated features {0:#x} are not all offered by the destination")]
     Features(u64),
+    /// A status no device is saved with, or one its features do not allow.
     #[error("status {0:#04x} is not a state a device is saved in")]
     Status(u8),
+    /// A driver stop byte that is not 0, SUSPEND or DEVICE_STOPPED, or a stop the saved
+    /// device cannot be in.
     #[error("driver stop byte {0:#04x} is not valid here")]
     DriverStop(u8),
+    /// virtio-queue refuses a queue's state.
     #[error("queue {queue}: {source}")]
     Queue {
+        /// The queue index.
         queue: u16,
+        /// Why virtio-queue refuses it.
         #[source]
         source: virtio_queue::Error,
     },
+    /// A queue has event_idx set without EVENT_IDX negotiated.
     #[error("queue {0}: event_idx is set but EVENT_IDX was not negotiated")]
     EventIdx(u16),
+    /// A live queue's rings are not all in guest memory.
     #[error("queue {0}: rings are not in guest memory")]
     RingUnreadable(u16),
+    /// A queue's saved `next_used` is not the used idx in guest memory.
     #[error("queue {queue}: saved used idx {saved} but guest memory holds {guest}")]
-    UsedIdx { queue: u16, saved: u16, guest: u16 },
+    UsedIdx {
+        /// The queue index.
+        queue: u16,
+        /// The snapshot's `next_used`.
+        saved: u16,
+        /// The used idx in guest memory.
+        guest: u16,
+    },
+    /// The avail idx in guest memory is more than a ring ahead of the saved `next_avail`.
     #[error(
         "queue {queue}: avail idx {avail} is more than size {size} ahead of next_avail {next_avail}"
     )]
     AvailWindow {
+        /// The queue index.
         queue: u16,
+        /// The avail idx in guest memory.
         avail: u16,
+        /// The snapshot's `next_avail`.
         next_avail: u16,
+        /// The queue size.
         size: u16,
     },
+    /// More buffers in flight than the ring holds.
     #[error("queue {queue}: {inuse} buffers in flight exceed size {size}")]
-    Inuse { queue: u16, inuse: u16, size: u16 },
+    Inuse {
+        /// The queue index.
+        queue: u16,
+        /// `next_avail - next_used`, wrapping.
+        inuse: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// The buffers in flight on a queue are not exactly its records.
     #[error("queue {queue}: {inuse} buffers in flight but {records} records")]
     InuseRecords {
+        /// The queue index.
         queue: u16,
+        /// `next_avail - next_used`, wrapping.
         inuse: u16,
+        /// Records on the queue.
         records: usize,
     },
+    /// A flag byte that is neither 0 nor 1.
     #[error("flag byte {0:#04x} is neither 0 nor 1")]
     Flag(u8),
+    /// More records than the saved queues have room for.
     #[error("{0} records is more than any device can hold")]
     TooManyRecords(u16),
+    /// A record names a queue the device does not have.
     #[error("record names queue {queue}, but the device has {num_queues}")]
-    RecordQueue { queue: u16, num_queues: u16 },
+    RecordQueue {
+        /// The record's queue.
+        queue: u16,
+        /// Queues the device has.
+        num_queues: u16,
+    },
+    /// A record's head is not below its queue's size.
     #[error("queue {queue}: record head {head} is not below size {size}")]
-    RecordHead { queue: u16, head: u16, size: u16 },
+    RecordHead {
+        /// The queue index.
+        queue: u16,
+        /// The record's head.
+        head: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// Two records name the same head of a queue.
     #[error("queue {queue}: head {head} is recorded twice")]
-    DuplicateHead { queue: u16, head: u16 },
+    DuplicateHead {
+        /// The queue index.
+        queue: u16,
+        /// The head recorded twice.
+        head: u16,
+    },
+    /// A record on a queue that is not enabled, or on a device that is not live.
     #[error("queue {queue}: record for head {head} is on a queue that is not running")]
-    RecordIdle { queue: u16, head: u16 },
+    RecordIdle {
+        /// The queue index.
+        queue: u16,
+        /// The record's head.
+        head: u16,
+    },
+    /// A record's request type is not a read, a write or a flush.
     #[error("record type {0} is not a disk request")]
     RecordType(u32),
+    /// A record with more than [`MAX_SEGMENTS`] segments.
     #[error("record has {0} segments, more than {MAX_SEGMENTS}")]
     RecordSegments(u16),
+    /// A record's request does not fit the disk or guest memory.
     #[error("queue {queue}: record for head {head} does not fit the disk or guest memory")]
-    RecordRequest { queue: u16, head: u16 },
+    RecordRequest {
+        /// The queue index.
+        queue: u16,
+        /// The record's head.
+        head: u16,
+    },
 }
 
 /// A held request as saved: its queue, its head and how to run it again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SavedRequest {
+    /// The queue it was popped from.
     pub queue: u16,
+    /// The head of its descriptor chain.
     pub head: u16,
+    /// How to run it again.
     pub req: BlkRequest,
 }
 
@@ -127,14 +212,21 @@ pub struct SavedRequest {
 /// encoding; [`BlkDevice::restore`] checks everything else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The source's queue count; the destination must have the same.
     pub num_queues: u16,
+    /// The source's largest queue size; the destination must have the same.
     pub queue_max_size: u16,
+    /// Disk size in sectors; the destination must have the same.
     pub capacity: u64,
+    /// The device status, without the derived stop bits.
     pub status: u8,
+    /// The features the driver wrote.
     pub driver_features: u64,
     /// 0, or the stop bit (SUSPEND or DEVICE_STOPPED) the driver holds the device with.
     pub driver_stop: u8,
+    /// Each queue's virtio-queue state.
     pub queues: Vec<QueueState>,
+    /// Held requests, in fetch order.
     pub requests: Vec<SavedRequest>,
 }
 
@@ -387,6 +479,7 @@ fn check_ring<M: GuestMemory>(
 }
 
 impl Snapshot {
+    /// The snapshot as bytes, in the current format version.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + 32 * self.queues.len());
         out.extend_from_slice(MAGIC);

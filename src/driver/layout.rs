@@ -14,6 +14,7 @@ const RING_STRIDE: u64 = 0x4000;
 const SLOT_BASE: u64 = 0x2_0000;
 const SLOT_SIZE: u64 = 0x2000;
 
+/// Where queue `q`'s rings start: its descriptor table.
 pub fn ring_base(q: u16) -> u64 {
     RING_BASE + u64::from(q) * RING_STRIDE
 }
@@ -31,13 +32,18 @@ pub fn slot_area() -> std::ops::Range<u64> {
 /// A request's buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
+    /// Where the 16-byte request header goes.
     pub header: u64,
+    /// Where an indirect descriptor table goes.
     pub table: u64,
+    /// Where the status byte goes: the control page's last byte.
     pub status: u64,
+    /// Where the data goes: the second page.
     pub data: u64,
 }
 
 impl Slot {
+    /// The buffers of head `head` on queue `q`.
     pub fn of(q: u16, head: u16) -> Slot {
         let base = SLOT_BASE + (u64::from(q) * 256 + u64::from(head)) * SLOT_SIZE;
         Slot {

@@ -18,30 +18,41 @@ use layout::{Slot, ring_base, ring_pages};
 /// What a driver-built request looks like in guest memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Built {
+    /// The head of its descriptor chain.
     pub head: u16,
     /// The avail ring position it was written at.
     pub avail_pos: u16,
     /// The device-writable buffers of the chain: (address, length).
     pub writable: Vec<(u64, u32)>,
+    /// Where the data buffer is.
     pub data_addr: u64,
+    /// Length of the data buffer (0 for a flush).
     pub data_len: u32,
+    /// Where the status byte is.
     pub status_addr: u64,
 }
 
 /// One used-ring entry as the driver reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UsedElem {
+    /// Its position in the used ring, as a free-running 16-bit index.
     pub pos: u16,
+    /// The head the device returned, as written: not necessarily a valid one.
     pub id: u32,
+    /// The used length the device wrote.
     pub len: u32,
 }
 
 /// The driver's view of one queue.
 #[derive(Clone, Debug)]
 pub struct DriverQueue {
+    /// Entries in the ring.
     pub size: u16,
+    /// Where the descriptor table is.
     pub desc: u64,
+    /// Where the avail ring is.
     pub avail: u64,
+    /// Where the used ring is.
     pub used: u64,
     /// The next avail position to write.
     pub avail_shadow: u16,
@@ -97,7 +108,9 @@ impl DriverQueue {
 /// The guest driver.
 #[derive(Clone, Debug)]
 pub struct Driver {
+    /// The features the driver negotiates.
     pub features: u64,
+    /// The rings it has set up, by queue index.
     pub queues: Vec<DriverQueue>,
     /// The driver has set its stop bit and not yet cleared it.
     pub stop_requested: bool,
@@ -142,6 +155,7 @@ impl Driver {
         self.queues[usize::from(q)] = dq;
     }
 
+    /// Whether `feature` is among [`Self::features`].
     pub fn has(&self, feature: u64) -> bool {
         self.features & feature != 0
     }
@@ -433,6 +447,7 @@ fn set_up_ring<M: GuestMemory>(mem: &M, dq: &DriverQueue, start: u16, dirty: boo
     }
 }
 
+/// A descriptor's 16 bytes as they sit in a table.
 pub fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
     let mut d = [0u8; 16];
     d[..8].copy_from_slice(&addr.to_le_bytes());
@@ -469,6 +484,7 @@ fn write<M: GuestMemory>(mem: &M, addr: u64, bytes: &[u8]) {
         .expect("driver buffers lie inside guest memory");
 }
 
+/// The little-endian u16 at `addr`; panics if it is not in guest memory.
 pub fn read16<M: GuestMemory>(mem: &M, addr: u64) -> u16 {
     let mut b = [0u8; 2];
     mem.read_slice(&mut b, GuestAddress(addr))

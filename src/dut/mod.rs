@@ -27,7 +27,9 @@ use crate::program::MAX_QUEUES;
 /// What a device reaches while it runs: guest memory, and the disk the harness controls.
 /// A device that does its own I/O ([`DiskControl::External`]) leaves `disk` alone.
 pub struct Env<'a> {
+    /// Guest memory, with its write log.
     pub mem: &'a GuestMemoryMmap<WriteLog>,
+    /// The harness's disk.
     pub disk: &'a mut dyn Backend,
 }
 
@@ -35,9 +37,11 @@ pub struct Env<'a> {
 /// it really is comes back as its [`Description`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
+    /// Queues the program drives.
     pub queues: u16,
     /// Disk size in sectors.
     pub capacity: u64,
+    /// The contract the program declares.
     pub contract: Contract,
 }
 
@@ -47,7 +51,9 @@ pub struct Want {
 pub struct Description {
     /// Offered feature bits.
     pub features: u64,
+    /// Queues it has.
     pub num_queues: u16,
+    /// Largest queue size it takes.
     pub queue_max_size: u16,
     /// Disk size in sectors.
     pub capacity: u64,
@@ -79,9 +85,12 @@ pub enum DiskControl {
     External,
 }
 
+/// How the harness can watch the device under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
+    /// How its guest-memory writes are seen.
     pub writes: WriteObservation,
+    /// Who does its disk I/O.
     pub disk: DiskControl,
     /// The same calls always give the same results. A remote device is not.
     pub deterministic: bool,
@@ -97,10 +106,12 @@ pub struct Events {
 }
 
 impl Events {
+    /// Notifications of both kinds, on every queue.
     pub fn total(&self) -> u32 {
         self.used.iter().sum::<u32>() + self.config
     }
 
+    /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: Events) {
         for (a, b) in self.used.iter_mut().zip(other.used) {
             *a += b;
@@ -112,6 +123,7 @@ impl Events {
 /// Where a host stop stands, as the device reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopState {
+    /// No stop requested.
     Running,
     /// Requested, not yet acknowledged.
     Stopping,
@@ -122,7 +134,9 @@ pub enum StopState {
 /// A popped request the device still holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Held {
+    /// The queue it was popped from.
     pub queue: u16,
+    /// The head of its descriptor chain.
     pub head: u16,
     /// Failed under a stop-class policy and waiting for a retry.
     pub parked: bool,
@@ -141,34 +155,49 @@ pub enum DeviceError {
 
 /// The device under test. Object-safe: the engine holds a `Box<dyn Device>`.
 pub trait Device {
+    /// What the device is.
     fn describe(&self) -> Description;
+    /// How the harness can watch it.
     fn capabilities(&self) -> Capabilities;
 
+    /// The device status, as the driver reads it.
     fn read_status(&self) -> u8;
+    /// A driver write of the device status; 0 resets the device.
     fn write_status(&mut self, value: u8);
+    /// The features the driver takes, written before FEATURES_OK.
     fn set_driver_features(&mut self, features: u64);
+    /// Sets queue `q`'s size, before it is enabled.
     fn queue_set_size(&mut self, q: u16, size: u16);
+    /// Sets queue `q`'s descriptor table, avail ring and used ring addresses.
     fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64);
+    /// Enables queue `q`.
     fn queue_enable(&mut self, q: u16);
     /// Virtqueue reset (`VIRTIO_F_RING_RESET`).
     fn queue_reset(&mut self, q: u16);
+    /// A driver notification for queue `q`.
     fn kick(&mut self, q: u16);
     /// Lets the device run: take completions, consume kicked queues, notify.
     fn poll(&mut self, env: &mut Env);
+    /// Takes what the device signalled since the last call.
     fn take_events(&mut self) -> Events;
 
+    /// Host control, if the device offers it.
     fn host(&mut self) -> Option<&mut dyn HostControl> {
         None
     }
+    /// Save and restore, if the device offers them.
     fn migration(&mut self) -> Option<&mut dyn Migration> {
         None
     }
+    /// Setting a ring's start index, if the device offers it.
     fn ring_base(&mut self) -> Option<&mut dyn RingBase> {
         None
     }
+    /// The device's view of its rings, if it shows it.
     fn introspection(&self) -> Option<&dyn Introspection> {
         None
     }
+    /// Decoding of its saved state, if it offers it.
     fn snapshot_inspection(&self) -> Option<&dyn SnapshotInspection> {
         None
     }
@@ -180,15 +209,19 @@ pub trait Device {
 
 /// The VMM's side: stops invisible to the guest, and retries after a storage fix.
 pub trait HostControl {
+    /// Requests a stop; the device acknowledges it once quiescent under its contract.
     fn stop(&mut self, env: &mut Env);
+    /// Ends a host stop, acknowledged or not.
     fn resume(&mut self, env: &mut Env);
     /// The storage problem is fixed: retry parked requests (QEMU's `cont`).
     fn retry(&mut self, env: &mut Env);
+    /// Where a host stop stands.
     fn stop_state(&mut self) -> StopState;
 }
 
 /// Save a stopped device, and restore saved bytes into a fresh one.
 pub trait Migration {
+    /// The stopped device's state as bytes, or why it cannot be saved now.
     fn save(&mut self) -> Result<Vec<u8>, DeviceError>;
     /// A freshly built device like this one, restored from `bytes` over the same guest
     /// memory and disk, host-stopped until resumed.
@@ -202,6 +235,7 @@ pub trait Migration {
 /// Sets a queue's start index between setting its addresses and enabling it (vhost-user's
 /// SET_VRING_BASE): how a run starts near the 16-bit wrap.
 pub trait RingBase {
+    /// Starts queue `q`'s ring indices at `index`.
     fn set_base(&mut self, q: u16, index: u16);
 }
 
@@ -215,32 +249,45 @@ pub trait Introspection {
 
 /// Saved bytes decoded into what the oracle checks an accepted restore against.
 pub trait SnapshotInspection {
+    /// Decodes `bytes`, or says why they are not a snapshot.
     fn inspect(&self, bytes: &[u8]) -> Result<SavedState, DeviceError>;
 }
 
 /// A saved device, as far as the oracle needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SavedState {
+    /// The device status.
     pub status: u8,
+    /// The features the driver wrote.
     pub driver_features: u64,
+    /// Each queue's state.
     pub queues: Vec<SavedQueue>,
     /// Held requests, by queue and head.
     pub held: Vec<(u16, u16)>,
 }
 
+/// A queue as saved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SavedQueue {
+    /// Entries in the ring.
     pub size: u16,
+    /// The queue is enabled.
     pub ready: bool,
+    /// Where the descriptor table is.
     pub desc: u64,
+    /// Where the avail ring is.
     pub avail: u64,
+    /// Where the used ring is.
     pub used: u64,
+    /// The next avail entry the device reads.
     pub next_avail: u16,
+    /// The next used entry the device writes.
     pub next_used: u16,
 }
 
 /// Builds devices under test, one per run.
 pub trait Factory {
+    /// A device built as `want` asks, or why it cannot be.
     fn build(&self, want: &Want) -> Result<Box<dyn Device>, DeviceError>;
 }
 
@@ -253,6 +300,7 @@ impl<F: Fn(&Want) -> Result<Box<dyn Device>, DeviceError>> Factory for F {
 /// The devices `stopfuzz` can run against.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceKind {
+    /// The in-process reference device.
     #[default]
     Reference,
     /// The reference device with these capabilities hidden.

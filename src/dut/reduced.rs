@@ -14,15 +14,18 @@ use crate::backend::MemDisk;
 /// Which capabilities the wrapper hides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Hidden {
+    /// The rings and held requests are not shown.
     pub introspection: bool,
     /// Writes are seen as a memory diff instead of the exact log.
     pub exact_writes: bool,
     /// The device does its own disk I/O; the harness only reads the image.
     pub disk_control: bool,
+    /// Saved state cannot be decoded.
     pub snapshot_inspection: bool,
 }
 
 impl Hidden {
+    /// Every capability hidden.
     pub const ALL: Hidden = Hidden {
         introspection: true,
         exact_writes: true,
@@ -91,6 +94,7 @@ impl fmt::Display for Hidden {
     }
 }
 
+/// A device with the capabilities [`Hidden`] names taken away.
 pub struct Reduced {
     inner: Box<dyn Device>,
     hidden: Hidden,
@@ -99,6 +103,7 @@ pub struct Reduced {
 }
 
 impl Reduced {
+    /// Wraps `inner`, hiding `hidden`.
     pub fn new(inner: Box<dyn Device>, hidden: Hidden) -> Self {
         let disk = MemDisk::new(inner.describe().capacity);
         Reduced {

@@ -48,7 +48,9 @@ pub enum OracleLevel {
 /// Whether hostile ops run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Only a conforming driver: hostile ops are skipped.
     Conforming,
+    /// Hostile ops run too.
     Hostile,
 }
 
@@ -64,14 +66,20 @@ pub enum SnapshotEdit {
 /// A broken invariant at a step (0 is setup, `ops + 1` the liveness phase).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
+    /// The invariant broken.
     pub invariant: Invariant,
+    /// The step it broke at.
     pub step: usize,
+    /// What was expected and what was seen.
     pub message: String,
 }
 
+/// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// No finding.
     Pass,
+    /// The first invariant broken; the run stopped there.
     Finding(Finding),
 }
 
@@ -80,12 +88,20 @@ pub enum Outcome {
 pub struct Scenarios(pub u8);
 
 impl Scenarios {
+    /// A ring index wrapped across 65535 with requests in flight.
     pub const WRAP_INFLIGHT: u8 = 1;
+    /// A stop was acknowledged with requests in flight.
     pub const STOP_ACKED_INFLIGHT: u8 = 2;
+    /// A migration with parked requests.
     pub const MIGRATE_PARKED: u8 = 4;
+    /// An avail slot was reused while the request written there a ring earlier was still
+    /// in flight: completions came out of order.
     pub const OOO_SLOT_REUSE: u8 = 8;
+    /// The snapshot target's restore was refused.
     pub const REJECTED_RESTORE: u8 = 16;
+    /// The device went NEEDS_RESET under the hostile target.
     pub const NEEDS_RESET_HOSTILE: u8 = 32;
+    /// Each flag with its name in the summary.
     pub const NAMES: [(u8, &'static str); 6] = [
         (Self::WRAP_INFLIGHT, "wrap_with_inflight"),
         (Self::STOP_ACKED_INFLIGHT, "stop_acked_with_inflight"),
@@ -95,10 +111,12 @@ impl Scenarios {
         (Self::NEEDS_RESET_HOSTILE, "needs_reset_hostile"),
     ];
 
+    /// Records that `flag` was reached.
     pub fn set(&mut self, flag: u8) {
         self.0 |= flag;
     }
 
+    /// Whether `flag` was reached.
     pub fn has(&self, flag: u8) -> bool {
         self.0 & flag != 0
     }
@@ -107,7 +125,9 @@ impl Scenarios {
 /// What a run gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
+    /// Pass, or the finding that ended the run.
     pub outcome: Outcome,
+    /// The scenarios the run reached.
     pub scenarios: Scenarios,
     /// Hash of every step's op and effects, and of the outcome.
     pub digest: u64,
@@ -122,6 +142,7 @@ pub struct Report {
 pub struct Engine {
     mem: GuestMem,
     shadow: Option<Shadow>,
+    /// How much the oracle checks in the runs to come.
     pub oracle: OracleLevel,
 }
 
@@ -132,6 +153,7 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// An engine with fresh guest memory and the full oracle.
     pub fn new() -> Self {
         Engine {
             mem: GuestMem::new(MEM_SIZE),

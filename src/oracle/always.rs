@@ -14,8 +14,11 @@ use crate::virtio::S_DRIVER_OK;
 /// What one device call did that a stopped or broken device must not do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
+    /// Guest-memory writes.
     pub writes: usize,
+    /// Notifications sent, of either kind.
     pub interrupts: u32,
+    /// Disk I/Os submitted.
     pub new_io: usize,
 }
 

@@ -15,25 +15,54 @@ use std::fmt;
 /// The invariants, by their stable ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
+    /// `no-panic`: a run does not panic.
     NoPanic,
+    /// `write-confined`: the device writes only its used rings and the writable buffers of
+    /// requests it holds.
     WriteConfined,
+    /// `quiet-when-stopped`: from a stop acknowledgement to resume, no guest write,
+    /// interrupt or disk I/O.
     QuietWhenStopped,
+    /// `used-monotone`: used idx moves forward by at most a ring per call, and each used id
+    /// is a head the device holds.
     UsedMonotone,
+    /// `avail-window`: with avail idx more than a ring ahead, nothing is consumed; a device
+    /// needing reset stays quiet.
     AvailWindow,
+    /// `inuse-bound`: `next_avail - next_used` never exceeds the ring size.
     InuseBound,
+    /// `restore-rejects`: an accepted snapshot is consistent with guest memory and the
+    /// destination.
     RestoreRejects,
+    /// `exactly-once`: each published request runs and completes once, and never after a
+    /// reset dropped it.
     ExactlyOnce,
+    /// `data`: status, used length, read data and the disk are what the I/O and the error
+    /// policy imply.
     Data,
+    /// `transparent`: host stop, resume and migration change no status and send no
+    /// interrupt.
     Transparent,
+    /// `parked`: a parked request gets no used entry until a retry, and is never reported
+    /// and retried.
     Parked,
+    /// `contract`: at a stop acknowledgement the device holds what its in-flight policy
+    /// says.
     Contract,
+    /// `kick-kept`: buffers kicked while stopped run after resume without another kick.
     KickKept,
+    /// `notify`: an interrupt exactly when the notification rules say, and on the first used
+    /// update after initialization, reset or restore.
     Notify,
+    /// `live`: every published request that no reset dropped completes, and the device never
+    /// needs a reset.
     Live,
+    /// `round-trip`: save, restore and save again give the same bytes.
     RoundTrip,
 }
 
 impl Invariant {
+    /// Every invariant, the always-invariants first.
     pub const ALL: [Invariant; 16] = [
         Invariant::NoPanic,
         Invariant::WriteConfined,
@@ -53,6 +82,7 @@ impl Invariant {
         Invariant::RoundTrip,
     ];
 
+    /// The stable id a finding names.
     pub fn id(self) -> &'static str {
         match self {
             Invariant::NoPanic => "no-panic",
@@ -89,13 +119,16 @@ impl fmt::Display for Invariant {
 /// An invariant broken, with what was expected and what was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// The invariant broken.
     pub invariant: Invariant,
+    /// What was expected and what was seen.
     pub message: String,
 }
 
+/// What a check returns: `Ok`, or the violation it saw.
 pub type Check = Result<(), Violation>;
 
-pub fn violation(invariant: Invariant, message: impl Into<String>) -> Violation {
+fn violation(invariant: Invariant, message: impl Into<String>) -> Violation {
     Violation {
         invariant,
         message: message.into(),

@@ -6,7 +6,7 @@ use crate::dut::{DiskControl, WriteObservation};
 
 /// What a device offered a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Offered {
+pub(crate) struct Offered {
     pub writes: WriteObservation,
     pub disk: DiskControl,
     pub host: bool,
@@ -20,7 +20,9 @@ pub struct Offered {
 /// A check, or the part of one, that could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Skip {
+    /// The invariant not checked, in whole or in part.
     pub invariant: Invariant,
+    /// Why it could not run.
     pub why: &'static str,
 }
 
@@ -30,7 +32,7 @@ impl std::fmt::Display for Skip {
     }
 }
 
-pub fn skipped(o: &Offered) -> Vec<Skip> {
+pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
     let mut out = Vec::new();
     let mut skip = |on: bool, invariant, why| {
         if on {

@@ -56,6 +56,14 @@ for t in "${TARGETS[@]}"; do
         lf_flags+=(-dict="fuzz/$t.dict")
         afl_flags+=(-x "fuzz/$t.dict")
     fi
+    # fuzz/<target>.options holds the libFuzzer options OSS-Fuzz runs the target with
+    # (max_len); each `key = value` of its [libfuzzer] section becomes -key=value, as
+    # OSS-Fuzz's runner turns them.
+    if [ -f "fuzz/$t.options" ]; then
+        while IFS= read -r flag; do lf_flags+=("$flag"); done < <(sed -n \
+            '/^\[libfuzzer\]/,/^\[/s/^\([A-Za-z_]*\)[[:space:]]*=[[:space:]]*\([^[:space:]]*\).*/-\1=\2/p' \
+            "fuzz/$t.options")
+    fi
 
     echo "== libFuzzer: $t for ${SECONDS_LIBFUZZER}s (${lf_flags[*]})"
     # The later -artifact_prefix overrides cargo-fuzz's fuzz/artifacts/<target>/.

@@ -1,5 +1,6 @@
 //! The fuzz target list is written in several places that no compiler ties together: the
-//! library, both fuzz crates and their wrappers, the CI scripts, the corpus and the README.
+//! library, both fuzz crates and their wrappers, the libFuzzer options files, the CI scripts
+//! (OSS-Fuzz's and ClusterFuzzLite's too), the corpus and the README.
 //! This test reads each as text and checks they name the same targets.
 
 use std::collections::BTreeSet;
@@ -146,6 +147,26 @@ fn the_fuzz_target_list_agrees_everywhere() {
     }
     check_wrappers(&fuzz.join("fuzz_targets"), &want, &mut problems);
 
+    // Side files next to the fuzz crate, which ci/oss-fuzz/build.sh copies to $OUT and
+    // ci/fuzz-smoke.sh passes to libFuzzer: fuzz/<target>.options for every target (its
+    // max_len suits that target's input), fuzz/<target>.dict for targets only. A file named
+    // after no target would never be used.
+    let side_files = |ext: &str| -> Names {
+        entries(&fuzz)
+            .iter()
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    let options = side_files("options");
+    if options != want {
+        problems.push(format!("fuzz/*.options: {options:?}"));
+    }
+    let dicts = side_files("dict");
+    if !dicts.is_subset(&want) {
+        problems.push(format!("fuzz/*.dict: {dicts:?}"));
+    }
+
     // AFL++: binaries are src/bin/*.rs, found by cargo unless [[bin]] tables say otherwise.
     let afl = fuzz.join("afl");
     let afl_manifest = read(&afl.join("Cargo.toml"));
@@ -162,9 +183,15 @@ fn the_fuzz_target_list_agrees_everywhere() {
     }
     check_wrappers(&afl.join("src").join("bin"), &want, &mut problems);
 
-    // CI scripts.
+    // CI scripts, including the OSS-Fuzz and ClusterFuzzLite build scripts (which find the
+    // targets in fuzz/fuzz_targets/ rather than list them, but must not go stale if they do).
     let mut arrays = 0;
-    for path in entries(&root.join("ci")) {
+    let scripts = [
+        root.join("ci"),
+        root.join("ci").join("oss-fuzz"),
+        root.join(".clusterfuzzlite"),
+    ];
+    for path in scripts.iter().flat_map(|dir| entries(dir)) {
         if path.extension().is_some_and(|e| e == "sh") {
             check_script(&path, &want, &mut arrays, &mut problems);
         }

@@ -123,15 +123,22 @@ impl Shrinker {
         }
     }
 
-    fn drop_ops(&mut self, best: &mut Input) -> bool {
+    /// Removes chunks of a sequence (halves, then quarters, down to single items) while
+    /// the finding survives. `len` measures the sequence in an input; `cut` removes a range.
+    fn drop_chunks(
+        &mut self,
+        best: &mut Input,
+        len: impl Fn(&Input) -> usize,
+        cut: impl Fn(&mut Input, std::ops::Range<usize>),
+    ) -> bool {
         let mut shrank = false;
-        let mut chunk = best.program.ops.len().div_ceil(2);
-        while chunk >= 1 {
+        let mut chunk = len(best).div_ceil(2).max(1);
+        loop {
             let mut at = 0;
-            while at < best.program.ops.len() {
+            while at < len(best) {
                 let mut c = best.clone();
-                let end = (at + chunk).min(c.program.ops.len());
-                c.program.ops.drain(at..end);
+                let end = (at + chunk).min(len(&c));
+                cut(&mut c, at..end);
                 if self.try_keep(best, c) {
                     shrank = true;
                 } else {
@@ -139,11 +146,20 @@ impl Shrinker {
                 }
             }
             if chunk == 1 {
-                break;
+                return shrank;
             }
             chunk = chunk.div_ceil(2);
         }
-        shrank
+    }
+
+    fn drop_ops(&mut self, best: &mut Input) -> bool {
+        self.drop_chunks(
+            best,
+            |i| i.program.ops.len(),
+            |i, r| {
+                i.program.ops.drain(r);
+            },
+        )
     }
 
     /// Zeroes each argument byte of each op, keeping its kind.
@@ -200,28 +216,16 @@ impl Shrinker {
                     shrank |= self.try_keep(best, c);
                 }
             }
-            Some(SnapshotEdit::Replace(raw)) => {
-                let mut chunk = raw.len().div_ceil(2).max(1);
-                loop {
-                    let mut at = 0;
-                    while let Some(SnapshotEdit::Replace(now)) = &best.edit
-                        && at < now.len()
-                    {
-                        let mut shorter = now.clone();
-                        shorter.drain(at..(at + chunk).min(now.len()));
-                        let mut c = best.clone();
-                        c.edit = Some(SnapshotEdit::Replace(shorter));
-                        if self.try_keep(best, c) {
-                            shrank = true;
-                        } else {
-                            at += chunk;
-                        }
+            Some(SnapshotEdit::Replace(_)) => {
+                let raw = |i: &Input| match &i.edit {
+                    Some(SnapshotEdit::Replace(raw)) => raw.len(),
+                    _ => 0,
+                };
+                shrank |= self.drop_chunks(best, raw, |i, r| {
+                    if let Some(SnapshotEdit::Replace(raw)) = &mut i.edit {
+                        raw.drain(r);
                     }
-                    if chunk == 1 {
-                        break;
-                    }
-                    chunk = chunk.div_ceil(2);
-                }
+                });
             }
             None => {}
         }

@@ -17,7 +17,7 @@ mkdir -p "$work/lf-corpus" "$work/lf-art" "$work/afl-in"
 
 # Mutant builds go to their own target dirs, so they never replace the reference builds.
 echo "== building $target with planted bugs for libFuzzer, AFL++ and replay"
-cargo fuzz build --sanitizer none --features mutants --target-dir target/fuzz-mutants "$target"
+cargo fuzz build --sanitizer none --no-trace-compares --features mutants --target-dir target/fuzz-mutants "$target"
 libfuzzer=target/fuzz-mutants/x86_64-unknown-linux-gnu/release/$target
 (cd fuzz/afl && cargo afl build --release --features mutants --target-dir ../../target/afl-mutants --bin "$target")
 afl=target/afl-mutants/release/$target

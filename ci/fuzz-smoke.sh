@@ -67,7 +67,7 @@ for t in "${TARGETS[@]}"; do
 
     echo "== libFuzzer: $t for ${SECONDS_LIBFUZZER}s (${lf_flags[*]})"
     # The later -artifact_prefix overrides cargo-fuzz's fuzz/artifacts/<target>/.
-    if cargo fuzz run "$t" "$work/libfuzzer-corpus" "$seeds" --sanitizer none -- \
+    if cargo fuzz run "$t" "$work/libfuzzer-corpus" "$seeds" --sanitizer none --no-trace-compares -- \
         "${lf_flags[@]}" > "$work/libfuzzer.log" 2>&1; then
         grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec' \
             "$work/libfuzzer.log" || true

@@ -69,6 +69,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Executions that ended in a finding.
     pub findings: u64,
+    /// Ops in the programs executed.
+    pub ops: u64,
     /// Every execution's report digest, folded in index order; set at the end.
     pub digest: u64,
     /// How many executions reached each scenario, in [`Scenarios::NAMES`] order.
@@ -89,13 +91,19 @@ impl Summary {
         self.execs as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Program ops per second so far.
+    pub fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
     /// The one closing line of `stopfuzz run`.
     pub fn line(&self, target: Target) -> String {
         format!(
-            "summary: target={} execs={} execs_per_s={:.0} findings={} digest={:016x}",
+            "summary: target={} execs={} execs_per_s={:.0} ops_per_s={:.0} findings={} digest={:016x}",
             target.name(),
             self.execs,
             self.execs_per_s(),
+            self.ops_per_s(),
             self.findings,
             self.digest
         )
@@ -180,12 +188,14 @@ fn mix(seed: u64, index: u64) -> u64 {
 }
 
 /// Indices a worker claims at a time: one channel message per claim, not per execution.
-const CLAIM: u64 = 16;
+const CLAIM: u64 = 64;
 
-/// One execution's result, sent from a worker.
+/// One execution's result, sent from a worker. The input travels only with a finding: a
+/// buffer freed on another thread than the one that allocated it costs the allocator a
+/// lock, and a passing input is never looked at again.
 struct Done {
     index: u64,
-    input: Vec<u8>,
+    input: Option<Vec<u8>>,
     report: Report,
 }
 
@@ -217,9 +227,10 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                             let input = input(opts.target, opts.seed, index);
                             let report =
                                 opts.target.run_on(opts.device, &input, false, opts.oracle);
+                            let finding = matches!(report.outcome, Outcome::Finding(_));
                             Done {
                                 index,
-                                input,
+                                input: finding.then_some(input),
                                 report,
                             }
                         })
@@ -287,6 +298,7 @@ fn first_invariant(summary: &Summary) -> Invariant {
 
 fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) {
     summary.execs += 1;
+    summary.ops += done.report.ops as u64;
     digest.u64(done.report.digest);
     for skip in &done.report.skipped {
         if !summary.skipped.contains(skip) {
@@ -299,20 +311,17 @@ fn fold(summary: &mut Summary, digest: &mut Digest, done: Done, opts: &Options) 
             summary.scenarios[i] += 1;
         }
     }
-    if let Outcome::Finding(f) = done.report.outcome {
+    if let (Outcome::Finding(f), Some(input)) = (done.report.outcome, done.input) {
         summary.findings += 1;
         let seen = summary.by_invariant.entry(f.invariant).or_insert(0);
         *seen += 1;
         if (*seen as usize) <= SAVED_PER_INVARIANT
             && let Some(dir) = &opts.out
-            && let Err(e) = save_finding(dir, opts.target, opts.device, &done.input, &f)
+            && let Err(e) = save_finding(dir, opts.target, opts.device, &input, &f)
         {
             eprintln!("stopfuzz: cannot save a finding in {}: {e}", dir.display());
         }
-        summary
-            .examples
-            .entry(f.invariant)
-            .or_insert((done.input, f));
+        summary.examples.entry(f.invariant).or_insert((input, f));
     }
 }
 

@@ -408,7 +408,7 @@ fn bench(
     }
     if engine == Engine::LibFuzzer && !fuzz_bin_dir.join("blk_conforming").exists() {
         eprintln!(
-            "stopfuzz: no libFuzzer binaries in {}; build them with\n  cargo fuzz build --sanitizer none --features mutants --target-dir target/fuzz-mutants",
+            "stopfuzz: no libFuzzer binaries in {}; build them with\n  cargo fuzz build --sanitizer none --no-trace-compares --features mutants --target-dir target/fuzz-mutants",
             fuzz_bin_dir.display()
         );
         return ExitCode::from(2);

@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dut::DeviceKind;
 use crate::engine::{Engine, Finding, Mode, OracleLevel, Outcome, Report, Scenarios, SnapshotEdit};
@@ -59,18 +60,18 @@ impl Target {
         traced: bool,
         oracle: OracleLevel,
     ) -> Report {
+        let (mode, edit, program) = match self {
+            Target::BlkConforming => (Mode::Conforming, None, Program::decode(data)),
+            Target::BlkHostile => (Mode::Hostile, None, Program::decode(data)),
+            Target::Snapshot => {
+                let (edit, program) = snapshot_input(data);
+                (Mode::Conforming, Some(edit), program)
+            }
+        };
         let run = || {
             ENGINE.with(|engine| {
                 let mut engine = engine.borrow_mut();
                 engine.oracle = oracle;
-                let (mode, edit, program) = match self {
-                    Target::BlkConforming => (Mode::Conforming, None, Program::decode(data)),
-                    Target::BlkHostile => (Mode::Hostile, None, Program::decode(data)),
-                    Target::Snapshot => {
-                        let (edit, program) = snapshot_input(data);
-                        (Mode::Conforming, Some(edit), program)
-                    }
-                };
                 engine.run_on(&device, &program, mode, edit.as_ref(), traced)
             })
         };
@@ -95,6 +96,7 @@ impl Target {
                 digest: 0,
                 trace: None,
                 skipped: Vec::new(),
+                ops: program.ops.len(),
             }
         })
     }
@@ -190,7 +192,25 @@ fn fuzz_oracle() -> OracleLevel {
     })
 }
 
+/// With `STOPFUZZ_STATS` set, the fuzzer entry points print `stopfuzz-stats: execs=N ops=M`
+/// to stderr every 16,384 executions: libFuzzer and AFL++ count executions, and comparing
+/// them with the explorer needs ops (ci/bench-libfuzzer.sh).
+fn count(report: &Report) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    static EXECS: AtomicU64 = AtomicU64::new(0);
+    static OPS: AtomicU64 = AtomicU64::new(0);
+    if !*ON.get_or_init(|| std::env::var_os("STOPFUZZ_STATS").is_some()) {
+        return;
+    }
+    let ops = OPS.fetch_add(report.ops as u64, Ordering::Relaxed) + report.ops as u64;
+    let execs = EXECS.fetch_add(1, Ordering::Relaxed) + 1;
+    if execs.is_multiple_of(16_384) {
+        eprintln!("stopfuzz-stats: execs={execs} ops={ops}");
+    }
+}
+
 fn panic_on(report: Report) {
+    count(&report);
     if let Outcome::Finding(f) = report.outcome {
         panic!(
             "stopfuzz finding: {} at step {}: {}",

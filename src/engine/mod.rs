@@ -135,6 +135,8 @@ pub struct Report {
     pub trace: Option<Trace>,
     /// Checks the device's capabilities left without input.
     pub skipped: Vec<Skip>,
+    /// The ops the program held, run or not: the unit of work when comparing fuzzers.
+    pub ops: usize,
 }
 
 /// One guest memory (and, for diff-observed devices, its shadow), reused by every run of
@@ -200,7 +202,10 @@ impl Engine {
             }
         };
         self.clean(diffed);
-        report
+        Report {
+            ops: program.ops.len(),
+            ..report
+        }
     }
 
     /// Zeroes what this run wrote now rather than before the next one, so a run's work, and

@@ -80,6 +80,7 @@ impl Run<'_> {
             digest: self.digest.value(),
             trace: self.trace,
             skipped: skipped(&self.offered),
+            ops: 0,
         }
     }
 }
@@ -98,5 +99,6 @@ pub(super) fn setup_failure(v: Violation, traced: bool) -> Report {
         digest: digest.value(),
         trace: traced.then(Trace::default),
         skipped: Vec::new(),
+        ops: 0,
     }
 }

@@ -237,7 +237,7 @@ impl Run<'_> {
             };
             if let Some(b) = &before {
                 let ids: Vec<u32> = elems.iter().map(|e| e.id).collect();
-                always::used_monotone(q, b.used[i], used[i], size, &ids)?;
+                always::used_monotone(q, b.used[i], used[i], b.avail[i], size, &ids)?;
             }
             if !self.conforming() {
                 continue;

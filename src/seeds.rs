@@ -7,9 +7,11 @@
 
 use crate::backend::IoError;
 use crate::contract::{ErrorPolicy, InflightPolicy};
+use crate::driver::layout::{Slot, ring_pages};
 use crate::dut::reference::snapshot_flips;
 use crate::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};
 use crate::targets::Target;
+use crate::virtio::{F_VERSION_1, S_ACKNOWLEDGE, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK, T_OUT};
 
 /// A named seed for a target.
 pub struct Seed {
@@ -269,6 +271,40 @@ fn conforming() -> Vec<(&'static str, Vec<u8>)> {
     ops.extend([Op::Settle]);
     seeds.push(("resets-inflight-and-parked", program(config(), ops)));
 
+    // A read and a flush parked under the stop policy and migrated, so the snapshot holds
+    // a record of every disk request type. Without EVENT_IDX, and with a used update
+    // before the migration and after the restore's first one, so the avail ring's flags
+    // decide an interrupt.
+    let mut ops = vec![write(0)];
+    ops.extend(go());
+    ops.extend([Op::Settle, Op::Reap { queue: 0 }, read(1)]);
+    ops.push(submit(0, ReqType::Flush, Shape::Plain, 0, 1));
+    ops.extend(go());
+    ops.extend([
+        fail(IoError::Io),
+        fail(IoError::Io),
+        Op::Poll,
+        Op::Migrate,
+        Op::Heal,
+        Op::Settle,
+        Op::Reap { queue: 0 },
+        write(2),
+    ]);
+    ops.extend(go());
+    ops.extend([Op::Settle, Op::Reap { queue: 0 }]);
+    seeds.push((
+        "migrate-parked-read-and-flush",
+        program(
+            Config {
+                event_idx: false,
+                write_policy: ErrorPolicy::Stop,
+                read_policy: ErrorPolicy::Stop,
+                ..config()
+            },
+            ops,
+        ),
+    ));
+
     // Four queues, no EVENT_IDX (the flags rule), STOP bit, Drain.
     let mut ops = Vec::new();
     for q in 0..4u8 {
@@ -362,29 +398,61 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
             Op::Poll,
         ]),
     ));
-    for (how, name) in [
-        (Corruption::Loop, "corrupt-loop"),
-        (Corruption::Address, "corrupt-address"),
-        (Corruption::Length, "corrupt-length"),
-        (Corruption::NestedIndirect, "corrupt-nested-indirect"),
-        (Corruption::Flags, "corrupt-flags"),
-        (Corruption::Next, "corrupt-next"),
+    // Each corruption hits a chain the device has yet to read: the prefix's two requests
+    // hold descriptors 0-5, so the next request's header, data and status are 6, 7 and 8.
+    let corrupt = |index: u8, how: Corruption| Op::CorruptDesc {
+        queue: 0,
+        index,
+        how,
+    };
+    for (req, index, how, name) in [
+        // A chain that never ends, and one whose head is an indirect table holding another:
+        // virtio-queue cuts both short, and the device sets NEEDS_RESET.
+        (write(12), 6, Corruption::Loop, "corrupt-loop"),
+        (
+            write(12),
+            6,
+            Corruption::NestedIndirect,
+            "corrupt-nested-indirect",
+        ),
+        // The status descriptor chains past the ring: NEEDS_RESET too.
+        (write(12), 8, Corruption::Next, "corrupt-next"),
+        // A header outside guest memory: IOERR.
+        (write(12), 6, Corruption::Address, "corrupt-address"),
+        // Write data of 4 GiB: the chain's length overflows a u32, virtio-queue cuts it
+        // short, and the device sets NEEDS_RESET.
+        (write(12), 7, Corruption::Length, "corrupt-length"),
+        // Write data made device-writable and the chain ended there: a write with IN
+        // buffers, IOERR.
+        (write(12), 7, Corruption::Flags, "corrupt-flags"),
+        // Read data made device-readable and the chain ended there: no writable status
+        // byte, so the head comes back with used length 0.
+        (read(12), 7, Corruption::Flags, "corrupt-flags-no-status"),
+        // The read's status made device-readable and chained on to descriptor 0: readable
+        // buffers after writable ones, IOERR.
+        (read(12), 8, Corruption::Flags, "corrupt-flags-misordered"),
     ] {
-        seeds.push((
-            name,
-            with(vec![
-                write(12),
-                Op::CorruptDesc {
-                    queue: 0,
-                    index: 2,
-                    how,
-                },
-                Op::Publish { queue: 0 },
-                Op::Kick { queue: 0 },
-                Op::Poll,
-            ]),
-        ));
+        let mut tail = vec![req, corrupt(index, how)];
+        tail.extend(go());
+        seeds.push((name, with(tail)));
     }
+    // The device breaks on the first of two chains made available together, and stops
+    // there; a migration of the broken device is refused (the save fails).
+    let mut tail = vec![write(12), write(16), corrupt(6, Corruption::Loop)];
+    tail.extend(go());
+    tail.push(Op::Migrate);
+    seeds.push(("break-mid-batch-then-migrate", with(tail)));
+    // A head the device already holds (the prefix's read, head 3) made available again.
+    let mut tail = vec![
+        write(12),
+        Op::RewriteAvail {
+            queue: 0,
+            slot: 2,
+            head: 3,
+        },
+    ];
+    tail.extend(go());
+    seeds.push(("duplicate-head", with(tail)));
     seeds.push((
         "submit-while-suspended",
         with(vec![
@@ -402,7 +470,68 @@ fn hostile() -> Vec<(&'static str, Vec<u8>)> {
     seeds
 }
 
-/// Snapshot scenarios: mutations of a snapshot with parked requests, and raw bytes.
+/// A reference device snapshot (version 1, laid out as `src/device/snapshot.rs` says),
+/// written by hand as a fuzzer would write one: the checking side never uses the device's
+/// own encoder. It is for the snapshot target's raw mode, which restores into the device an
+/// empty program sets up: one queue of at most 256 entries (the reference device's
+/// largest), a disk of 8 sectors. The device is live with its queue at the driver's
+/// addresses and holds one valid write per record (one data segment of a sector, in the
+/// slot of its head); `next_avail` is one past `next_used` per record.
+struct RawSnapshot {
+    status: u8,
+    ready: bool,
+    /// `(queue, head, sector)` of each held write.
+    records: Vec<(u16, u16, u64)>,
+}
+
+impl RawSnapshot {
+    /// Live, ready, and holding a write for head 0.
+    fn new() -> Self {
+        RawSnapshot {
+            status: S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+            ready: true,
+            records: vec![(0, 0, 0)],
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let empty = Program::default().config;
+        let rings = ring_pages(0).start;
+        let mut out = b"SFBK".to_vec();
+        out.push(1);
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&256u16.to_le_bytes());
+        out.extend_from_slice(&u64::from(empty.disk_sectors).to_le_bytes());
+        out.push(self.status);
+        out.extend_from_slice(&F_VERSION_1.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&empty.queue_size.to_le_bytes());
+        out.push(self.ready.into());
+        for addr in [rings, rings + 0x1000, rings + 0x2000] {
+            out.extend_from_slice(&addr.to_le_bytes());
+        }
+        // next_avail, next_used (0), event_idx (off).
+        out.extend_from_slice(&(self.records.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&(self.records.len() as u16).to_le_bytes());
+        for &(queue, head, sector) in &self.records {
+            let slot = Slot::of(queue, head);
+            out.extend_from_slice(&queue.to_le_bytes());
+            out.extend_from_slice(&head.to_le_bytes());
+            out.extend_from_slice(&T_OUT.to_le_bytes());
+            out.extend_from_slice(&sector.to_le_bytes());
+            out.extend_from_slice(&slot.status.to_le_bytes());
+            out.extend_from_slice(&1u16.to_le_bytes());
+            out.extend_from_slice(&slot.data.to_le_bytes());
+            out.extend_from_slice(&512u32.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// Snapshot scenarios: mutations of the snapshot a program leaves (after the liveness
+/// phase, so it holds no requests), and raw bytes.
 fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
     let program = thread_example(false);
     let flips = snapshot_flips(u16::from(program.config.queues));
@@ -424,6 +553,22 @@ fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
         flips.status,
         flips.features,
     ];
+    // Queue 0's ready flag: where clearing it changes the encoding (the fields before it
+    // are the same in every snapshot of one queue).
+    let ready = {
+        let (on, off) = (
+            RawSnapshot::new().encode(),
+            RawSnapshot {
+                ready: false,
+                ..RawSnapshot::new()
+            }
+            .encode(),
+        );
+        let at = (0..on.len())
+            .find(|&i| on[i] != off[i])
+            .expect("the flag is encoded");
+        (at as u16, on[at] ^ off[at])
+    };
     vec![
         ("unchanged-after-thread-example", mutate(&[(0, 0)], &parked)),
         ("next-avail-off-by-one", mutate(&[next_avail], &parked)),
@@ -432,9 +577,54 @@ fn snapshot() -> Vec<(&'static str, Vec<u8>)> {
             mutate(&[record_count, record_head], &parked),
         ),
         ("status-and-features", mutate(&[status, features], &parked)),
+        // A queue restored not ready on a live device: resume kicks it, and the device
+        // passes over it.
+        ("queue-not-ready", mutate(&[ready], &parked)),
         ("empty", raw(&[])),
         ("magic-only", raw(b"SFBK")),
         ("wrong-version", raw(&[b'S', b'F', b'B', b'K', 9, 1, 0])),
+        // Each check restore makes of a held request, failed in turn; the snapshot
+        // would fail a later check anyway (the guest's avail idx does not match).
+        (
+            "record-queue",
+            raw(&RawSnapshot {
+                records: vec![(1, 0, 0)],
+                ..RawSnapshot::new()
+            }
+            .encode()),
+        ),
+        (
+            "record-head",
+            raw(&RawSnapshot {
+                records: vec![(0, 2, 0)],
+                ..RawSnapshot::new()
+            }
+            .encode()),
+        ),
+        (
+            "record-duplicate-head",
+            raw(&RawSnapshot {
+                records: vec![(0, 0, 0), (0, 0, 1)],
+                ..RawSnapshot::new()
+            }
+            .encode()),
+        ),
+        (
+            "record-on-idle-device",
+            raw(&RawSnapshot {
+                status: S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK,
+                ..RawSnapshot::new()
+            }
+            .encode()),
+        ),
+        (
+            "record-outside-disk",
+            raw(&RawSnapshot {
+                records: vec![(0, 0, 8)],
+                ..RawSnapshot::new()
+            }
+            .encode()),
+        ),
     ]
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use stopfuzz::device::{ErrorPolicy, InflightPolicy};
 use stopfuzz::engine::{Outcome, Scenarios};
-use stopfuzz::program::{FORMAT_VERSION, OpKind, Program, Trigger};
+use stopfuzz::program::{FORMAT_VERSION, Op, OpKind, Program, Trigger};
 use stopfuzz::seeds::seeds;
 use stopfuzz::targets::Target;
 
@@ -158,4 +158,48 @@ fn seeds_reach_the_scenarios_that_matter() {
     for (flag, name) in Scenarios::NAMES {
         assert!(reached.has(flag), "no seed reaches {name}");
     }
+}
+
+/// The device's state after each step of a traced run, without the steps themselves.
+fn device_states(target: Target, program: &Program) -> Vec<String> {
+    let trace = target
+        .run(&program.encode(), true)
+        .trace
+        .expect("a traced run has a trace");
+    trace
+        .lines
+        .into_iter()
+        .filter(|l| l.trim_start().starts_with("status "))
+        .collect()
+}
+
+/// A corruption of a descriptor the device has already read changes nothing, and the seed
+/// then tests nothing: each seed's corruptions must change what the device does, compared
+/// with the same program doing a harmless kick in their place.
+#[test]
+fn seed_corruptions_reach_the_device() {
+    let mut checked = 0;
+    for seed in seeds()
+        .into_iter()
+        .filter(|s| s.target == Target::BlkHostile)
+    {
+        let program = Program::decode(&seed.bytes);
+        if !program.ops.iter().any(|o| o.kind() == OpKind::CorruptDesc) {
+            continue;
+        }
+        let mut harmless = program.clone();
+        for op in &mut harmless.ops {
+            if op.kind() == OpKind::CorruptDesc {
+                *op = Op::Kick { queue: 0 };
+            }
+        }
+        assert_ne!(
+            device_states(seed.target, &program),
+            device_states(seed.target, &harmless),
+            "seed-{}: its corruption changes nothing the device does",
+            seed.name
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no hostile seed corrupts a descriptor");
 }

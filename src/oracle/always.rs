@@ -239,7 +239,7 @@ mod tests {
     fn used_monotone_allows_the_wrap() {
         assert!(used_monotone(0, 0xfffe, 2, 2, 8, &[0, 1, 2, 3]).is_ok());
         assert!(used_monotone(0, 2, 1, 9, 8, &[]).is_err());
-        assert!(used_monotone(0, 0, 9, 9, 8, &[]).is_err());
+        assert!(used_monotone(0, 0, 9, 8, 8, &[]).is_err());
         assert!(used_monotone(0, 0, 1, 1, 8, &[8]).is_err());
         // A driver 10 ahead of used on a ring of 8: one held, then a full new ring.
         assert!(used_monotone(0, 0, 9, 10, 8, &[]).is_ok());

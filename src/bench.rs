@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub jobs: usize,
     /// Where the cargo-fuzz binaries are (for `Engine::LibFuzzer`).
     pub fuzz_bin_dir: PathBuf,
+    /// The mutants to hunt; empty means every one.
+    pub mutants: Vec<Mutant>,
 }
 
 /// One (mutant, seed) attempt.
@@ -74,7 +76,10 @@ pub fn bench(
     mut each: impl FnMut(Mutant, u64, &Attempt),
 ) -> Vec<(Mutant, Vec<Attempt>)> {
     let mut out = Vec::new();
-    for &m in Mutant::ALL {
+    let chosen = Mutant::ALL
+        .iter()
+        .filter(|m| opts.mutants.is_empty() || opts.mutants.contains(m));
+    for &m in chosen {
         let mut attempts = Vec::new();
         for seed in 0..opts.seeds {
             let attempt = match opts.engine {

@@ -74,7 +74,7 @@ pub struct Summary {
     /// Every execution's report digest, folded in index order; set at the end.
     pub digest: u64,
     /// How many executions reached each scenario, in [`Scenarios::NAMES`] order.
-    pub scenarios: [u64; 6],
+    pub scenarios: [u64; Scenarios::NAMES.len()],
     /// Findings per invariant.
     pub by_invariant: BTreeMap<Invariant, u64>,
     /// The first finding of each invariant, with its input.

@@ -3,7 +3,7 @@
 //!
 //! Bytes decode to a [`program::Program`]; the [`engine`] runs it with the guest
 //! [`driver`] against any device behind the boundary in [`dut`], and the [`oracle`] checks
-//! every step against the [`model`]. [`targets`] are the entry points the fuzzers call;
+//! every step against the [`model`] and the harness's record of the [`stops`] it asked for. [`targets`] are the entry points the fuzzers call;
 //! [`explore`] is the built-in explorer behind `stopfuzz run`.
 //!
 //! The reference device is [`device`]. Nothing on the checking side (engine, oracle,
@@ -29,6 +29,7 @@ pub mod oracle;
 pub mod program;
 pub mod seeds;
 pub mod shadow;
+pub mod stops;
 pub mod targets;
 pub mod trace;
 pub mod virtio;

@@ -107,6 +107,9 @@ enum Command {
             default_value = "target/fuzz-mutants/x86_64-unknown-linux-gnu/release"
         )]
         fuzz_bin: PathBuf,
+        /// Only these planted bugs (repeatable; default: every one).
+        #[arg(long = "mutant", value_name = "NAME")]
+        mutants: Vec<String>,
     },
     /// Write the seed corpus (corpus/<target>/seed-<name>), checking each seed passes.
     Seeds {
@@ -224,6 +227,7 @@ fn main() -> ExitCode {
             jobs,
             fuzz_bin,
             device,
+            mutants,
         } => bench(
             seconds,
             seeds,
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
             jobs,
             fuzz_bin,
             device.kind(),
+            &mutants,
         ),
     }
 }
@@ -370,6 +375,7 @@ fn replay(
 }
 
 #[cfg(not(feature = "mutants"))]
+#[allow(clippy::too_many_arguments)]
 fn bench(
     _: u64,
     _: u64,
@@ -378,6 +384,7 @@ fn bench(
     _: Option<usize>,
     _: PathBuf,
     _: DeviceKind,
+    _: &[String],
 ) -> ExitCode {
     eprintln!(
         "stopfuzz bench needs the planted bugs: cargo run --release --features mutants -- bench"
@@ -386,6 +393,7 @@ fn bench(
 }
 
 #[cfg(feature = "mutants")]
+#[allow(clippy::too_many_arguments)]
 fn bench(
     seconds: u64,
     seeds: u64,
@@ -394,8 +402,20 @@ fn bench(
     jobs: Option<usize>,
     fuzz_bin_dir: PathBuf,
     device: DeviceKind,
+    names: &[String],
 ) -> ExitCode {
     use stopfuzz::bench::{self, BenchOptions, Engine};
+    let mutants = match names
+        .iter()
+        .map(|n| n.parse())
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("stopfuzz: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let engine = match engine {
         BenchEngine::Explorer => Engine::Explorer,
         BenchEngine::Libfuzzer => Engine::LibFuzzer,
@@ -422,6 +442,7 @@ fn bench(
         device,
         jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         fuzz_bin_dir,
+        mutants,
     };
     eprintln!("stopfuzz bench: {opts:?}");
     let results = bench::bench(&opts, |m, seed, a| {

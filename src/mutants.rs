@@ -81,6 +81,18 @@ mutants! {
     DrainAckIgnoresParked = "drain-ack-ignores-parked",
     /// The EVENT_IDX test is off by one: it notifies only past `used_event + 1` (B20) [34].
     EventIdxOffByOne = "event-idx-off-by-one",
+    /// A device reset forgets a host stop: the rings the VMM stopped run again, and the
+    /// device reports itself running (a back-end restarting vrings the front-end stopped
+    /// with GET_VRING_BASE) [13, 33].
+    HostStopForgottenOnReset = "host-stop-forgotten-on-reset",
+    /// Under Drain the acknowledgement also waits for pending kicks to be served, which a
+    /// stopping device never does: a drain loop that waits for the queues to go idle
+    /// instead of for the buffers it popped [14, 19].
+    DrainAckWaitsForKicks = "drain-ack-waits-for-kicks",
+    /// SUSPEND reads back set as soon as the driver writes it, DRIVER_OK clearing only at
+    /// the real acknowledgement: half an acknowledgement, and a driver that polls SUSPEND
+    /// takes the device for suspended while it still completes requests [13, 14, 17].
+    SuspendShownBeforeAck = "suspend-shown-before-ack",
 }
 
 impl FromStr for Mutant {

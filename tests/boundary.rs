@@ -116,6 +116,7 @@ fn each_hidden_capability_skips_its_own_checks() {
         (
             "introspection",
             &[
+                Invariant::QuietWhenStopped,
                 Invariant::AvailWindow,
                 Invariant::InuseBound,
                 Invariant::Contract,

@@ -12,6 +12,7 @@ fn the_oracle_does_not_depend_on_the_mutant_selection() {
         root.join("model.rs"),
         root.join("program.rs"),
         root.join("shadow.rs"),
+        root.join("stops.rs"),
         root.join("dut/mod.rs"),
         root.join("dut/reduced.rs"),
     ];

@@ -1,14 +1,15 @@
 //! Regression inputs: every `corpus/<target>/regress-*` file has a test here, named after
 //! the bug it guards, that replays it through its target and requires a pass.
 //!
-//! The four inputs today are harness false positives from early exploration, not device
-//! bugs. A reset while a Drain stop waited on a parked request let the device acknowledge
+//! Every input today is a harness false positive from exploration, not a device bug. The
+//! first four: A reset while a Drain stop waited on a parked request let the device acknowledge
 //! the stop, which was right: it no longer held anything. But the model dropped the reset's
 //! requests only after the reset call, so at the acknowledgement `contract` still saw
 //! requests popped but unused. The fix, in `src/engine.rs`: the model abandons them
 //! (`Model::abandon`) before the device reset (`Op::DeviceReset`) or the virtqueue reset
 //! (`Op::QueueReset`) is called. Each input was checked to fail with `contract` at the step
-//! its test names once that order is reversed.
+//! its test names once that order is reversed. The fifth is `stop-acked` counting polls
+//! in which a retry the host asked for made the acknowledgement undue.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -88,6 +89,16 @@ regressions! {
     fn used_monotone_two_rings_in_one_poll =>
         BlkHostile / "regress-used-monotone-two-rings-in-one-poll-9593e55f542edfae",
         "liveness: heal, resume, run everything to completion" at 10;
+
+    /// Cause: a Track driver stop waited while the disk failed a parked write again and
+    /// again; each Heal asked for a retry, and each poll that began with no disk I/O (the
+    /// acknowledgement due) retried instead, which is right. `stop-acked` counted those polls
+    /// as overdue.
+    /// Fix: a poll counts against an acknowledgement only if it is still due as the poll
+    /// ends (`Run::judge_acks`).
+    fn track_stop_waits_for_a_host_retry =>
+        BlkConforming / "regress-track-stop-waits-for-a-host-retry-491a1229c9ebef4e",
+        "liveness: heal, resume, run everything to completion" at 12;
 }
 
 fn corpus() -> PathBuf {

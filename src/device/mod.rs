@@ -258,6 +258,10 @@ impl BlkDevice {
     /// set, and with SUSPEND, DRIVER_OK reads clear.
     pub fn read_status(&self) -> u8 {
         match (self.driver_stop, self.driver_stop_bit) {
+            #[cfg(feature = "mutants")]
+            (StopState::Stopping, S_SUSPEND) if crate::mutant!(SuspendShownBeforeAck) => {
+                self.status | S_SUSPEND
+            }
             (StopState::Stopped, S_SUSPEND) => (self.status & !S_DRIVER_OK) | S_SUSPEND,
             (StopState::Stopped, bit) => self.status | bit,
             _ => self.status,
@@ -505,6 +509,10 @@ impl BlkDevice {
         self.status = 0;
         self.driver_features = 0;
         self.driver_stop = StopState::Running;
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(HostStopForgottenOnReset) {
+            self.host_stop = StopState::Running;
+        }
         #[cfg(feature = "mutants")]
         if crate::mutant!(ParkedRetriedAfterReset) {
             self.detach(|r| r.io.is_some());
@@ -871,6 +879,11 @@ impl BlkDevice {
             no_io && (self.cfg.inflight == InflightPolicy::Track || self.records.is_empty());
         #[cfg(feature = "mutants")]
         let quiet = quiet || (no_io && crate::mutant!(DrainAckIgnoresParked));
+        #[cfg(feature = "mutants")]
+        let quiet = quiet
+            && !(crate::mutant!(DrainAckWaitsForKicks)
+                && self.cfg.inflight == InflightPolicy::Drain
+                && self.queues.iter().any(|vq| vq.kicked && vq.queue.ready()));
         if quiet {
             for stop in [&mut self.driver_stop, &mut self.host_stop] {
                 if *stop == StopState::Stopping {

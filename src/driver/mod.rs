@@ -112,8 +112,6 @@ pub struct Driver {
     pub features: u64,
     /// The rings it has set up, by queue index.
     pub queues: Vec<DriverQueue>,
-    /// The driver has set its stop bit and not yet cleared it.
-    pub stop_requested: bool,
 }
 
 /// Linux's `vring_need_event`, written here independently of the device.
@@ -140,11 +138,7 @@ impl Driver {
                 dq
             })
             .collect();
-        Driver {
-            features,
-            queues,
-            stop_requested: false,
-        }
+        Driver { features, queues }
     }
 
     /// Replaces queue `q` with a fresh ring at index 0, as after a virtqueue reset.

@@ -2,15 +2,11 @@
 //! fix, and migration.
 
 use super::{Run, Scenarios};
-use crate::dut::{Events, StopState};
+use crate::dut::Events;
 use crate::oracle::{Check, conforming};
+use crate::stops::{Asked, Side, Stops};
 
 impl Run<'_> {
-    /// The host stop state the device reports, `None` without host control.
-    pub(super) fn host_state(&mut self) -> Option<StopState> {
-        self.dev.host().map(|h| h.stop_state())
-    }
-
     /// Host stop or resume: invisible to the guest.
     pub(super) fn host(&mut self, stop: bool) -> Check {
         if self.dev.host().is_none() {
@@ -18,6 +14,12 @@ impl Run<'_> {
             return Ok(());
         }
         let status = self.dev.read_status();
+        let asked = self.stops;
+        if stop {
+            self.stops.request(Side::Host);
+        } else {
+            self.stops.resume(Side::Host);
+        }
         self.call(|d, env| {
             if let Some(h) = d.host() {
                 if stop { h.stop(env) } else { h.resume(env) }
@@ -25,13 +27,17 @@ impl Run<'_> {
         })?;
         if self.conforming() {
             let what = if stop { "host stop" } else { "host resume" };
-            let (after, events) = (self.visible_status(status), self.last_events.total());
+            let (after, events) = (
+                self.visible_status(&asked, status),
+                self.last_events.total(),
+            );
             self.check(|| conforming::transparent(what, status, after, events))?;
         }
         Ok(())
     }
 
     pub(super) fn host_resume(&mut self) -> Check {
+        self.stops.resume(Side::Host);
         self.call(|d, env| {
             if let Some(h) = d.host() {
                 h.resume(env)
@@ -52,32 +58,48 @@ impl Run<'_> {
     }
 
     /// The status now, except that a stop the driver requested may have been acknowledged
-    /// meanwhile: that change is the driver's doing, not the host's.
-    fn visible_status(&self, before: u8) -> u8 {
-        let now = self.dev.read_status();
-        let acked_since =
-            self.driver.stop_requested && !self.driver_acked(before) && self.driver_acked(now);
-        if acked_since { before } else { now }
+    /// since `asked` was recorded: that change is the driver's doing, not the host's.
+    fn visible_status(&self, asked: &Stops, before: u8) -> u8 {
+        let acked_since = asked.driver.pending() && self.stops.driver.asked == Asked::Acked;
+        if acked_since {
+            before
+        } else {
+            self.dev.read_status()
+        }
     }
 
     /// A host stop, then what a VMM does to get the acknowledgement: let the disk finish
     /// its I/O and the device run. Under Drain a parked request can still withhold it.
     /// Returns the events of the stop call itself.
     pub(super) fn host_stop_and_wait(&mut self) -> Result<Events, crate::oracle::Violation> {
+        self.stops.request(Side::Host);
         self.call(|d, env| {
             if let Some(h) = d.host() {
                 h.stop(env)
             }
         })?;
         let events = self.last_events;
-        for _ in 0..4 {
-            if self.host_state() == Some(StopState::Stopped) {
+        self.await_acks(true)?;
+        Ok(events)
+    }
+
+    /// Rounds of completing every disk I/O and polling, while a stop waits for its
+    /// acknowledgement (only the host's, with `host_only`): enough polls for `stop-acked`
+    /// to judge one that is due.
+    pub(super) fn await_acks(&mut self, host_only: bool) -> Check {
+        for _ in 0..=conforming::ACK_POLLS {
+            let waiting = if host_only {
+                self.stops.host.pending()
+            } else {
+                self.stops.pending()
+            };
+            if !waiting {
                 break;
             }
             self.complete_all_io();
             self.poll()?;
         }
-        Ok(events)
+        Ok(())
     }
 
     /// Stop, wait for the acknowledgement, save, restore into a fresh device, resume. A
@@ -89,12 +111,14 @@ impl Run<'_> {
             return Ok(());
         }
         let status = self.dev.read_status();
-        let was_running = self.host_state() == Some(StopState::Running);
+        let asked = self.stops;
+        self.stops.migrating();
+        let was_running = asked.host.asked == Asked::Running;
         // Interrupts from the lifecycle calls themselves; those of the polls in between
         // are the device's due work, checked by `notify`.
         let mut events = self.host_stop_and_wait()?;
-        let bytes = match (self.host_state(), self.dev.migration()) {
-            (Some(StopState::Stopped), Some(m)) => m.save().map_err(|e| e.to_string()),
+        let bytes = match (self.stops.host.asked, self.dev.migration()) {
+            (Asked::Acked, Some(m)) => m.save().map_err(|e| e.to_string()),
             _ => Err("the stop was not acknowledged".into()),
         };
         let bytes = match bytes {
@@ -121,6 +145,7 @@ impl Run<'_> {
                     conforming::round_trip(&bytes, again.as_deref().map_err(Clone::clone))
                 })?;
                 self.dev = dev;
+                self.stops.restored();
                 self.signal_valid = [false; crate::program::MAX_QUEUES];
                 self.note(|| format!("migrated: {} snapshot bytes", bytes.len()));
             }
@@ -134,7 +159,7 @@ impl Run<'_> {
             events.add(self.last_events);
         }
         if self.conforming() {
-            let after = self.visible_status(status);
+            let after = self.visible_status(&asked, status);
             self.check(|| conforming::transparent("migration", status, after, events.total()))?;
         }
         Ok(())

@@ -2,18 +2,20 @@
 //! completes.
 
 use super::Run;
-use crate::dut::StopState;
 use crate::model::ReqId;
 use crate::oracle::{Check, conforming};
+use crate::stops::Asked;
 
 impl Run<'_> {
     pub(super) fn finish(&mut self) -> Check {
         self.disk.heal();
         self.host_retry()?;
-        if self.driver.stop_requested {
+        // A stop still waiting gets its acknowledgement's polls before it is cancelled.
+        self.await_acks(false)?;
+        if self.driver_stopping() {
             self.driver_resume()?;
         }
-        if matches!(self.host_state(), Some(s) if s != StopState::Running) {
+        if self.stops.host.asked != Asked::Running {
             self.host_resume()?;
         }
         self.run_down(false)?;

@@ -32,6 +32,7 @@ use crate::oracle::skipped::{Offered, Skip};
 use crate::oracle::{Check, Invariant};
 use crate::program::{Config, MAX_QUEUES, Program};
 use crate::shadow::Shadow;
+use crate::stops::Stops;
 use crate::trace::{Digest, Trace};
 
 /// How much the oracle checks.
@@ -85,39 +86,49 @@ pub enum Outcome {
 
 /// The states the thread worries about, as reached by one run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Scenarios(pub u8);
+pub struct Scenarios(pub u16);
 
 impl Scenarios {
     /// A ring index wrapped across 65535 with requests in flight.
-    pub const WRAP_INFLIGHT: u8 = 1;
+    pub const WRAP_INFLIGHT: u16 = 1;
     /// A stop was acknowledged with requests in flight.
-    pub const STOP_ACKED_INFLIGHT: u8 = 2;
+    pub const STOP_ACKED_INFLIGHT: u16 = 2;
     /// A migration with parked requests.
-    pub const MIGRATE_PARKED: u8 = 4;
+    pub const MIGRATE_PARKED: u16 = 4;
     /// An avail slot was reused while the request written there a ring earlier was still
     /// in flight: completions came out of order.
-    pub const OOO_SLOT_REUSE: u8 = 8;
+    pub const OOO_SLOT_REUSE: u16 = 8;
     /// The snapshot target's restore was refused.
-    pub const REJECTED_RESTORE: u8 = 16;
+    pub const REJECTED_RESTORE: u16 = 16;
     /// The device went NEEDS_RESET under the hostile target.
-    pub const NEEDS_RESET_HOSTILE: u8 = 32;
+    pub const NEEDS_RESET_HOSTILE: u16 = 32;
+    /// A stop in the harness's record stood across another lifecycle event: a device reset
+    /// or migration under a host stop, or the other side's stop or resume.
+    pub const STOP_ACROSS_LIFECYCLE: u16 = 64;
+    /// A stop that had to wait was acknowledged by a poll that began with it due.
+    pub const STOP_DUE_THEN_ACKED: u16 = 128;
+    /// A driver-trigger stop was acknowledged, its shape checked bit for bit.
+    pub const DRIVER_STOP_ACKED: u16 = 256;
     /// Each flag with its name in the summary.
-    pub const NAMES: [(u8, &'static str); 6] = [
+    pub const NAMES: [(u16, &'static str); 9] = [
         (Self::WRAP_INFLIGHT, "wrap_with_inflight"),
         (Self::STOP_ACKED_INFLIGHT, "stop_acked_with_inflight"),
         (Self::MIGRATE_PARKED, "migration_with_parked"),
         (Self::OOO_SLOT_REUSE, "ooo_then_slot_reuse"),
         (Self::REJECTED_RESTORE, "rejected_restore"),
         (Self::NEEDS_RESET_HOSTILE, "needs_reset_hostile"),
+        (Self::STOP_ACROSS_LIFECYCLE, "stop_across_lifecycle"),
+        (Self::STOP_DUE_THEN_ACKED, "stop_due_then_acked"),
+        (Self::DRIVER_STOP_ACKED, "driver_stop_acked"),
     ];
 
     /// Records that `flag` was reached.
-    pub fn set(&mut self, flag: u8) {
+    pub fn set(&mut self, flag: u16) {
         self.0 |= flag;
     }
 
     /// Whether `flag` was reached.
-    pub fn has(&self, flag: u8) -> bool {
+    pub fn has(&self, flag: u16) -> bool {
         self.0 & flag != 0
     }
 }
@@ -246,6 +257,8 @@ pub struct Run<'m> {
     features: u64,
     /// A hostile op ran since the last device reset.
     hostile: bool,
+    /// The stops the harness asked for: what the device is judged against.
+    stops: Stops,
     step: usize,
     /// Per queue: whether the device has made a notification decision since the last
     /// initialization, reset or restore.

@@ -9,7 +9,8 @@ use crate::dut::{Device, DiskControl, Env, Events, StopState, WriteObservation};
 use crate::memory::Checkpoint;
 use crate::oracle::always::{self, Activity};
 use crate::oracle::{Check, conforming};
-use crate::program::{MAX_QUEUES, Trigger};
+use crate::program::MAX_QUEUES;
+use crate::stops::{Side, Stops};
 use crate::virtio::*;
 
 /// What the oracle sees of the device at one moment. Fixed arrays: this is built twice per
@@ -33,6 +34,7 @@ impl Run<'_> {
         }
         let cp = self.mem.checkpoint();
         let submitted = self.disk.submitted();
+        let asked = self.stops;
         let before = self.checks.then(|| {
             let used = self.used_before();
             self.view(used)
@@ -71,14 +73,84 @@ impl Run<'_> {
             };
             self.used_seen[i] = Some(used[i]);
         }
-        self.observe(before, used, &writes, events, &new_io)
+        self.observe(before, &asked, used, &writes, events, &new_io)
     }
 
     pub(super) fn poll(&mut self) -> Check {
+        let due = self.checks && self.stops.pending() && self.ack_due();
+        let waiting = self.stops;
         self.polling = true;
         let result = self.call(|d, env| d.poll(env));
         self.polling = false;
-        result
+        result?;
+        if self.checks {
+            // A poll that made the acknowledgement undue (a retry the host asked for started
+            // disk I/O) does not count against it.
+            let still_due = due && self.stops.pending() && self.ack_due();
+            self.judge_acks(&waiting, due, still_due)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the contract allows the acknowledgement of a waiting stop now, as far as the
+    /// harness knows: only where the model follows the device.
+    fn ack_due(&self) -> bool {
+        self.conforming()
+            && !self.foreign
+            && conforming::ack_due(
+                self.desc.contract.inflight,
+                &self.model,
+                self.disk.outstanding().next().is_some(),
+            )
+    }
+
+    /// After a poll: a stop that waits although its acknowledgement was due as the poll
+    /// began and still is as it ends is one poll more overdue.
+    fn judge_acks(&mut self, waiting: &Stops, due: bool, still_due: bool) -> Check {
+        let policy = self.desc.contract.inflight;
+        let stops = [
+            ("driver", waiting.driver, &mut self.stops.driver),
+            ("host", waiting.host, &mut self.stops.host),
+        ];
+        for (which, was, stop) in stops {
+            if !was.pending() {
+                continue;
+            }
+            if stop.pending() {
+                stop.overdue = if still_due { stop.overdue + 1 } else { 0 };
+                conforming::stop_acked(which, policy, stop.overdue)?;
+            } else if due {
+                self.scenarios.set(Scenarios::STOP_DUE_THEN_ACKED);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping, at every oracle level: a stop the harness asked for is acknowledged
+    /// once the device presents it, the trigger's bit to the driver or `Stopped` to the
+    /// host. Returns whether one was acknowledged in this call.
+    fn note_acks(&mut self, after: Option<&View>) -> bool {
+        if !self.stops.pending() {
+            return false;
+        }
+        let (status, host) = match after {
+            Some(v) => (v.status, v.host),
+            None => (
+                self.dev.read_status(),
+                self.dev.host().map(|h| h.stop_state()),
+            ),
+        };
+        let mut newly = false;
+        if self.stops.driver.pending() && always::driver_stop_presented(self.cfg.trigger, status) {
+            self.stops.acknowledge(Side::Driver);
+            self.scenarios.set(Scenarios::DRIVER_STOP_ACKED);
+            newly = true;
+        }
+        if self.stops.host.pending() && host == Some(StopState::Stopped) {
+            self.stops.acknowledge(Side::Host);
+            newly = true;
+        }
+        newly
     }
 
     fn used_before(&mut self) -> [u16; MAX_QUEUES] {
@@ -158,43 +230,26 @@ impl Run<'_> {
         always::write_confined(&writes, &allowed)
     }
 
-    pub(super) fn driver_acked(&self, status: u8) -> bool {
-        match self.cfg.trigger {
-            Trigger::Suspend => status & S_SUSPEND != 0 && status & S_DRIVER_OK == 0,
-            Trigger::StopBit => status & S_STOPPED != 0,
-        }
-    }
-
-    fn acked(&self, v: &View) -> (bool, bool) {
-        (
-            self.driver_acked(v.status),
-            v.host == Some(StopState::Stopped),
-        )
-    }
-
+    /// `asked` is the harness's record as the call began: the device is judged by it.
     fn observe(
         &mut self,
-        before: Option<super::observe::View>,
+        before: Option<View>,
+        asked: &Stops,
         used: [u16; MAX_QUEUES],
         writes: &[(u64, u32)],
         events: Events,
         new_io: &[(IoTag, Io)],
     ) -> Check {
         let after = before.as_ref().map(|_| self.view(used));
-        let mut newly_acked = false;
+        let newly_acked = self.note_acks(after.as_ref());
         if let (Some(before), Some(after)) = (&before, &after) {
             let activity = Activity {
                 writes: writes.len(),
                 interrupts: events.total(),
                 new_io: new_io.len(),
             };
-            let (drv_before, host_before) = self.acked(before);
-            let (drv_after, host_after) = self.acked(after);
-            newly_acked = (!drv_before && drv_after) || (!host_before && host_after);
-            always::quiet_when_stopped(
-                (drv_before && drv_after) || (host_before && host_after),
-                activity,
-            )?;
+            always::stop_state(self.cfg.trigger, &self.stops, after.status, after.host)?;
+            always::quiet_when_stopped(asked.stopped(), activity)?;
             always::broken_stays_quiet(before.status & S_NEEDS_RESET != 0, activity)?;
             if !self.foreign {
                 if !writes.is_empty() {
@@ -222,6 +277,9 @@ impl Run<'_> {
                 && let (Some(pb), Some(pa)) = (b.position[i], a.position[i])
             {
                 always::inuse_bound(q, pa.0, pa.1, size)?;
+                if self.polling && asked.requested() {
+                    always::not_consumed_while_stopping(q, (pb.0, pa.0))?;
+                }
                 if self.polling {
                     let window = b.avail[i].wrapping_sub(pb.0);
                     always::avail_window(q, window, size, (pb.0, pa.0))?;

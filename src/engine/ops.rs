@@ -2,13 +2,14 @@
 
 use std::borrow::Cow;
 
-use super::Run;
+use super::{Run, Scenarios};
 use crate::backend::{IoError, IoTag, SECTOR_SIZE};
 use crate::driver::Driver;
 use crate::dut::DiskControl;
 use crate::model::{ReqState, Request};
 use crate::oracle::Check;
 use crate::program::{Op, ReqType, Shape, Trigger};
+use crate::stops::{Asked, Side};
 use crate::virtio::*;
 
 impl Run<'_> {
@@ -49,7 +50,7 @@ impl Run<'_> {
                 false,
             ),
             Op::Publish { queue } => {
-                if self.driver.stop_requested {
+                if self.driver_stopping() {
                     self.note(|| "skipped: the driver has stopped the device".into());
                     return Ok(());
                 }
@@ -60,7 +61,7 @@ impl Run<'_> {
             }
             Op::Kick { queue } => {
                 let q = u16::from(queue) % nq;
-                if self.driver.stop_requested {
+                if self.driver_stopping() {
                     self.note(|| "skipped: the driver has stopped the device".into());
                     return Ok(());
                 }
@@ -99,7 +100,7 @@ impl Run<'_> {
             Op::Migrate => self.migrate(),
             Op::QueueReset { queue } => {
                 let q = u16::from(queue) % nq;
-                if !self.driver.has(F_RING_RESET) || self.driver.stop_requested {
+                if !self.driver.has(F_RING_RESET) || self.driver_stopping() {
                     self.note(|| {
                         "skipped: RING_RESET not negotiated, or the device is stopped".into()
                     });
@@ -120,6 +121,7 @@ impl Run<'_> {
 
     fn device_reset(&mut self) -> Check {
         self.model.abandon(None);
+        self.stops.device_reset();
         self.call(|d, _| d.write_status(0))?;
         // A reset ends hostility once no disk I/O from it can still land; the model then
         // takes the disk as it is. A device that does its own I/O never shows that.
@@ -155,7 +157,7 @@ impl Run<'_> {
         seed: u8,
         force: bool,
     ) -> Check {
-        if self.driver.stop_requested && !force {
+        if self.driver_stopping() && !force {
             self.note(|| "skipped: the driver has stopped the device".into());
             return Ok(());
         }
@@ -191,7 +193,7 @@ impl Run<'_> {
             let r = &self.model.requests[id];
             r.q == q && r.avail_pos == earlier && r.state == ReqState::Published
         }) {
-            self.scenarios.set(super::Scenarios::OOO_SLOT_REUSE);
+            self.scenarios.set(Scenarios::OOO_SLOT_REUSE);
         }
         self.note(|| {
             format!(
@@ -259,8 +261,13 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The driver has asked for a stop and not resumed: it makes nothing new available.
+    pub(super) fn driver_stopping(&self) -> bool {
+        self.stops.driver.asked != Asked::Running
+    }
+
     pub(super) fn driver_stop(&mut self) -> Check {
-        if self.driver.stop_requested {
+        if self.driver_stopping() {
             self.note(|| "skipped: already stopped".into());
             return Ok(());
         }
@@ -273,12 +280,12 @@ impl Run<'_> {
             Trigger::StopBit => S_STOPPED,
         };
         let status = self.dev.read_status();
-        self.driver.stop_requested = true;
+        self.stops.request(Side::Driver);
         self.call(|d, _| d.write_status(status | bit))
     }
 
     pub(super) fn driver_resume(&mut self) -> Check {
-        if !self.driver.stop_requested {
+        if !self.driver_stopping() {
             self.note(|| "skipped: not stopped".into());
             return Ok(());
         }
@@ -287,7 +294,7 @@ impl Run<'_> {
             Trigger::Suspend => (status | S_DRIVER_OK) & !S_SUSPEND,
             Trigger::StopBit => status & !S_STOPPED,
         };
-        self.driver.stop_requested = false;
+        self.stops.resume(Side::Driver);
         self.call(|d, _| d.write_status(value))
     }
 }

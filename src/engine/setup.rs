@@ -12,6 +12,7 @@ use crate::oracle::skipped::Offered;
 use crate::oracle::{Check, Violation, conforming};
 use crate::program::{MAX_QUEUES, Program, Trigger};
 use crate::shadow::Shadow;
+use crate::stops::Stops;
 use crate::trace::{Digest, Trace};
 use crate::virtio::*;
 
@@ -106,6 +107,7 @@ impl<'m> Run<'m> {
             mode,
             features,
             hostile: false,
+            stops: Stops::default(),
             step: 0,
             signal_valid: [false; MAX_QUEUES],
             used_seen: [None; MAX_QUEUES],
@@ -138,6 +140,7 @@ impl<'m> Run<'m> {
         for q in 0..self.queues() {
             self.setup_queue(q, base)?;
         }
+        self.stops.live = true;
         self.call(|d, _| d.write_status(S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK))?;
         self.signal_valid = [false; MAX_QUEUES];
         Ok(())

@@ -4,6 +4,7 @@
 
 use super::{Run, Scenarios, SnapshotEdit};
 use crate::oracle::{Check, always, conforming};
+use crate::virtio::S_DRIVER_OK;
 
 impl Run<'_> {
     pub(super) fn snapshot_phase(&mut self, edit: &SnapshotEdit) -> Check {
@@ -59,6 +60,10 @@ impl Run<'_> {
         self.check(|| conforming::round_trip(&bytes, again.as_deref().map_err(Clone::clone)))?;
         self.note(|| "restore accepted; running the restored device".into());
         self.dev = restored;
+        let status = self.dev.read_status();
+        let driver_stopped = always::driver_stop_presented(self.cfg.trigger, status);
+        self.stops
+            .restored_from_bytes(driver_stopped, driver_stopped || status & S_DRIVER_OK != 0);
         self.hostile = true;
         // Rings elsewhere than the driver's, or held requests the model never saw: the
         // driver's view no longer describes the device. Without inspection, any change to

@@ -59,6 +59,9 @@ impl Run<'_> {
     }
 
     pub(super) fn report(mut self, result: Check) -> Report {
+        if self.stops.crossed {
+            self.scenarios.set(Scenarios::STOP_ACROSS_LIFECYCLE);
+        }
         let outcome = match result {
             Ok(()) => Outcome::Pass,
             Err(v) => {

@@ -7,9 +7,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::driver::Driver;
 use crate::driver::layout::slot_area;
-use crate::dut::SavedState;
+use crate::dut::{SavedState, StopState};
 use crate::model::{Model, ReqState};
-use crate::virtio::S_DRIVER_OK;
+use crate::program::Trigger;
+use crate::stops::{Asked, Stops};
+use crate::virtio::{S_DRIVER_OK, S_STOPPED, S_SUSPEND};
 
 /// What one device call did that a stopped or broken device must not do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,13 +78,114 @@ pub fn write_confined(writes: &[(u64, u32)], allowed: &[Range<u64>]) -> Check {
     Ok(())
 }
 
-/// From the stop acknowledgement until resume: no writes, interrupts or disk I/O.
+/// From the stop acknowledgement until the harness resumes the device: no writes,
+/// interrupts or disk I/O. `stopped` is the harness's record, not the device's report.
 pub fn quiet_when_stopped(stopped: bool, activity: Activity) -> Check {
     ensure(
         !stopped || activity.is_quiet(),
         Invariant::QuietWhenStopped,
         || format!("after the stop acknowledgement the device was active: {activity:?}"),
     )
+}
+
+/// From a stop request until the harness resumes the device, no new buffer is consumed.
+pub fn not_consumed_while_stopping(q: u16, next_avail: (u16, u16)) -> Check {
+    ensure(
+        next_avail.0 == next_avail.1,
+        Invariant::QuietWhenStopped,
+        || {
+            format!(
+                "queue {q}: a stop was requested and not resumed, yet the device consumed: next_avail {} -> {}",
+                next_avail.0, next_avail.1
+            )
+        },
+    )
+}
+
+/// The status bits the stop triggers define; an acknowledgement is read from these alone.
+const STOP_BITS: u8 = S_SUSPEND | S_STOPPED | S_DRIVER_OK;
+
+/// The stop bits of a live device, running and acknowledged, as DESIGN.md defines each
+/// trigger: SUSPEND is SUSPEND=1 with DRIVER_OK=0; DEVICE_STOPPED is DEVICE_STOPPED=1 with
+/// DRIVER_OK still 1. The other trigger's bit never shows.
+fn ack_bits(trigger: Trigger) -> u8 {
+    match trigger {
+        Trigger::Suspend => S_SUSPEND,
+        Trigger::StopBit => S_STOPPED | S_DRIVER_OK,
+    }
+}
+
+/// Whether the status presents the driver's stop the way a driver reads it: the trigger's
+/// bit is set. Whether the rest of the acknowledgement matches is [`stop_state`]'s to check.
+pub fn driver_stop_presented(trigger: Trigger, status: u8) -> bool {
+    let bit = match trigger {
+        Trigger::Suspend => S_SUSPEND,
+        Trigger::StopBit => S_STOPPED,
+    };
+    status & bit != 0
+}
+
+fn stop_bits(bits: u8) -> String {
+    format!(
+        "SUSPEND={} DEVICE_STOPPED={} DRIVER_OK={}",
+        u8::from(bits & S_SUSPEND != 0),
+        u8::from(bits & S_STOPPED != 0),
+        u8::from(bits & S_DRIVER_OK != 0)
+    )
+}
+
+/// The device reports what the harness's record implies. Driver stop, in the status: the
+/// running bits until a request; the running bits or the whole acknowledgement while
+/// requested (anything else is half an acknowledgement); the acknowledgement until the
+/// harness resumes. Host stop, in `host`: `Running`, `Stopping` or `Stopped` likewise.
+pub fn stop_state(trigger: Trigger, stops: &Stops, status: u8, host: Option<StopState>) -> Check {
+    let bits = status & STOP_BITS;
+    let running = if stops.live { S_DRIVER_OK } else { 0 };
+    let acked = ack_bits(trigger);
+    let driver_ok = match stops.driver.asked {
+        Asked::Running => bits == running,
+        Asked::Requested => bits == running || bits == acked,
+        Asked::Acked => bits == acked,
+    };
+    if !driver_ok {
+        let expected = match stops.driver.asked {
+            Asked::Running => format!("{} (no stop asked for)", stop_bits(running)),
+            Asked::Requested => format!(
+                "{} (not yet) or {} (acknowledged); anything else is half an acknowledgement",
+                stop_bits(running),
+                stop_bits(acked)
+            ),
+            Asked::Acked => format!("{} until the driver resumes", stop_bits(acked)),
+        };
+        return Err(violation(
+            Invariant::StopState,
+            format!(
+                "driver stop ({trigger:?}) {:?}: expected {expected}, observed status {status:#04x}: {}",
+                stops.driver.asked,
+                stop_bits(bits)
+            ),
+        ));
+    }
+    let Some(host) = host else {
+        return Ok(());
+    };
+    let host_ok = matches!(
+        (stops.host.asked, host),
+        (Asked::Running, StopState::Running)
+            | (Asked::Requested, StopState::Stopping | StopState::Stopped)
+            | (Asked::Acked, StopState::Stopped)
+    );
+    ensure(host_ok, Invariant::StopState, || {
+        let expected = match stops.host.asked {
+            Asked::Running => "Running (no stop asked for)",
+            Asked::Requested => "Stopping or Stopped",
+            Asked::Acked => "Stopped until the host resumes it",
+        };
+        format!(
+            "host stop {:?}: expected the device to report {expected}, observed {host:?}",
+            stops.host.asked
+        )
+    })
 }
 
 /// A device that saw avail idx more than a ring ahead consumes nothing (requests it
@@ -223,6 +326,7 @@ pub fn restore_rejects<M: GuestMemory>(snap: &SavedState, offered: u64, mem: &M)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stops::Side;
 
     #[test]
     fn write_confined_needs_every_byte_allowed() {
@@ -258,6 +362,59 @@ mod tests {
         assert!(quiet_when_stopped(true, busy).is_err());
         assert!(quiet_when_stopped(true, Activity::default()).is_ok());
         assert!(broken_stays_quiet(true, busy).is_err());
+    }
+
+    #[test]
+    fn stop_state_holds_each_trigger_to_its_shape() {
+        use crate::virtio::{S_ACKNOWLEDGE, S_DRIVER, S_FEATURES_OK};
+        let running = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
+        let suspended = (running & !S_DRIVER_OK) | S_SUSPEND;
+        let mut stops = Stops {
+            live: true,
+            ..Stops::default()
+        };
+        let check = |stops: &Stops, trigger, status| stop_state(trigger, stops, status, None);
+        assert!(check(&stops, Trigger::Suspend, running).is_ok());
+        assert!(check(&stops, Trigger::Suspend, suspended).is_err());
+        stops.request(Side::Driver);
+        assert!(check(&stops, Trigger::Suspend, running).is_ok());
+        assert!(check(&stops, Trigger::Suspend, suspended).is_ok());
+        // Half an acknowledgement, either half.
+        assert!(check(&stops, Trigger::Suspend, running | S_SUSPEND).is_err());
+        assert!(check(&stops, Trigger::Suspend, running & !S_DRIVER_OK).is_err());
+        assert!(check(&stops, Trigger::Suspend, running | S_STOPPED).is_err());
+        stops.acknowledge(Side::Driver);
+        assert!(check(&stops, Trigger::Suspend, suspended).is_ok());
+        assert!(check(&stops, Trigger::Suspend, running).is_err());
+        assert!(check(&stops, Trigger::StopBit, running | S_STOPPED).is_ok());
+        assert!(check(&stops, Trigger::StopBit, suspended | S_STOPPED).is_err());
+        assert!(
+            check(
+                &stops,
+                Trigger::StopBit,
+                (running & !S_DRIVER_OK) | S_STOPPED
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn stop_state_holds_the_host_to_the_record() {
+        let mut stops = Stops::default();
+        let host = |stops: &Stops, s| stop_state(Trigger::Suspend, stops, 0, Some(s));
+        assert!(host(&stops, StopState::Running).is_ok());
+        assert!(host(&stops, StopState::Stopping).is_err());
+        stops.request(Side::Host);
+        assert!(host(&stops, StopState::Stopping).is_ok());
+        assert!(host(&stops, StopState::Stopped).is_ok());
+        assert!(host(&stops, StopState::Running).is_err());
+        stops.acknowledge(Side::Host);
+        stops.device_reset();
+        assert!(host(&stops, StopState::Stopping).is_err());
+        assert!(host(&stops, StopState::Running).is_err());
+        assert!(stops.crossed);
+        stops.resume(Side::Host);
+        assert!(host(&stops, StopState::Stopped).is_err());
     }
 
     #[test]

@@ -282,6 +282,40 @@ pub fn contract(
     }
 }
 
+/// Polls a device has to present a stop's acknowledgement once its contract allows it.
+pub const ACK_POLLS: u8 = 3;
+
+/// Whether the contract allows a stop's acknowledgement now. Track: no disk I/O runs.
+/// Drain: also, every popped buffer is used. The harness counts a request as popped once it
+/// saw disk I/O for it (a request that needs none completes in the call that pops it), so a
+/// parked request holds a Drain acknowledgement back until a retry completes it.
+pub fn ack_due(policy: InflightPolicy, model: &Model, io_running: bool) -> bool {
+    if io_running {
+        return false;
+    }
+    match policy {
+        InflightPolicy::Track => true,
+        InflightPolicy::Drain => !model.open_ids().any(|id| {
+            let r = &model.requests[id];
+            r.state == ReqState::Published && (r.io.is_some() || r.last.is_some())
+        }),
+    }
+}
+
+/// A stop whose acknowledgement has been due for `overdue` polls in a row has it by
+/// [`ACK_POLLS`].
+pub fn stop_acked(which: &str, policy: InflightPolicy, overdue: u8) -> Check {
+    ensure(overdue < ACK_POLLS, Invariant::StopAcked, || {
+        let why = match policy {
+            InflightPolicy::Drain => "every popped buffer is used and no disk I/O runs",
+            InflightPolicy::Track => "no disk I/O runs",
+        };
+        format!(
+            "{which} stop under {policy:?}: due since {why}, not acknowledged after {overdue} polls"
+        )
+    })
+}
+
 /// A host stop, resume or migration changes nothing the guest sees.
 pub fn transparent(what: &str, status_before: u8, status_after: u8, interrupts: u32) -> Check {
     ensure(
@@ -370,5 +404,60 @@ fn describe(io: &Io) -> String {
         Io::Read { sector, len } => format!("read sector {sector} len {len}"),
         Io::Write { sector, data } => format!("write sector {sector} len {}", data.len()),
         Io::Flush => "flush".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::IoError;
+    use crate::contract::ErrorPolicy;
+    use crate::model::Request;
+
+    fn model_with_one_write() -> (Model, ReqId) {
+        let mut model = Model::new(8, ErrorPolicy::Stop, ErrorPolicy::Report, true, [0; 20]);
+        let id = model.add(Request {
+            q: 0,
+            head: 0,
+            avail_pos: 0,
+            kind: ReqType::Write,
+            sector: 0,
+            sectors: 1,
+            data: vec![1; 512],
+            writable: Vec::new(),
+            data_addr: 0,
+            status_addr: 0,
+            state: ReqState::Staged,
+            io: None,
+            last: None,
+        });
+        model.publish(0);
+        (model, id)
+    }
+
+    #[test]
+    fn an_acknowledgement_is_due_by_the_contract() {
+        let (mut model, id) = model_with_one_write();
+        // Published, never popped: due under both contracts once no I/O runs.
+        for policy in [InflightPolicy::Drain, InflightPolicy::Track] {
+            assert!(ack_due(policy, &model, false));
+            assert!(!ack_due(policy, &model, true));
+        }
+        // Popped and parked: Drain waits for the retry, Track does not.
+        model.io_started(7, id);
+        model.io_finished(7, Err(IoError::NoSpace));
+        assert!(model.is_parked(id));
+        assert!(!ack_due(InflightPolicy::Drain, &model, false));
+        assert!(ack_due(InflightPolicy::Track, &model, false));
+        model.complete(id);
+        assert!(ack_due(InflightPolicy::Drain, &model, false));
+    }
+
+    #[test]
+    fn a_due_acknowledgement_is_late_after_the_bound() {
+        for overdue in 0..ACK_POLLS {
+            assert!(stop_acked("host", InflightPolicy::Drain, overdue).is_ok());
+        }
+        assert!(stop_acked("host", InflightPolicy::Drain, ACK_POLLS).is_err());
     }
 }

@@ -20,9 +20,12 @@ pub enum Invariant {
     /// `write-confined`: the device writes only its used rings and the writable buffers of
     /// requests it holds.
     WriteConfined,
-    /// `quiet-when-stopped`: from a stop acknowledgement to resume, no guest write,
-    /// interrupt or disk I/O.
+    /// `quiet-when-stopped`: from a stop request to resume, no buffer consumed; from the
+    /// acknowledgement the harness saw to resume, no guest write, interrupt or disk I/O.
     QuietWhenStopped,
+    /// `stop-state`: the device reports the stop state the harness's record of its requests
+    /// implies, and presents each acknowledgement bit for bit as its trigger defines it.
+    StopState,
     /// `used-monotone`: used idx moves forward by at most a ring per call, and each used id
     /// is a head the device holds.
     UsedMonotone,
@@ -49,6 +52,9 @@ pub enum Invariant {
     /// `contract`: at a stop acknowledgement the device holds what its in-flight policy
     /// says.
     Contract,
+    /// `stop-acked`: a requested stop is acknowledged within a bounded number of polls once
+    /// its contract allows it.
+    StopAcked,
     /// `kick-kept`: buffers kicked while stopped run after resume without another kick.
     KickKept,
     /// `notify`: an interrupt exactly when the notification rules say, and on the first used
@@ -63,10 +69,11 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, the always-invariants first.
-    pub const ALL: [Invariant; 16] = [
+    pub const ALL: [Invariant; 18] = [
         Invariant::NoPanic,
         Invariant::WriteConfined,
         Invariant::QuietWhenStopped,
+        Invariant::StopState,
         Invariant::UsedMonotone,
         Invariant::AvailWindow,
         Invariant::InuseBound,
@@ -76,6 +83,7 @@ impl Invariant {
         Invariant::Transparent,
         Invariant::Parked,
         Invariant::Contract,
+        Invariant::StopAcked,
         Invariant::KickKept,
         Invariant::Notify,
         Invariant::Live,
@@ -88,6 +96,7 @@ impl Invariant {
             Invariant::NoPanic => "no-panic",
             Invariant::WriteConfined => "write-confined",
             Invariant::QuietWhenStopped => "quiet-when-stopped",
+            Invariant::StopState => "stop-state",
             Invariant::UsedMonotone => "used-monotone",
             Invariant::AvailWindow => "avail-window",
             Invariant::InuseBound => "inuse-bound",
@@ -97,6 +106,7 @@ impl Invariant {
             Invariant::Transparent => "transparent",
             Invariant::Parked => "parked",
             Invariant::Contract => "contract",
+            Invariant::StopAcked => "stop-acked",
             Invariant::KickKept => "kick-kept",
             Invariant::Notify => "notify",
             Invariant::Live => "live",

@@ -61,11 +61,18 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
     skip(!o.introspection, InuseBound, positions);
     skip(
         !o.introspection,
+        QuietWhenStopped,
+        "consuming while a stop is requested: the device shows no ring positions",
+    );
+    skip(
+        !o.introspection,
         Contract,
         "the device shows no held requests",
     );
     skip(!o.host, Transparent, "no host stop or resume");
     skip(!o.host, Contract, "host stops: no host control");
+    skip(!o.host, StopState, "host stops: no host control");
+    skip(!o.host, StopAcked, "host stops: no host control");
     skip(!o.migration, RoundTrip, "no save and restore");
     skip(!o.migration, RestoreRejects, "no save and restore");
     skip(
@@ -81,6 +88,16 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
     skip(
         !o.driver_stop,
         KickKept,
+        "driver stops: trigger not offered",
+    );
+    skip(
+        !o.driver_stop,
+        StopState,
+        "driver stops: trigger not offered",
+    );
+    skip(
+        !o.driver_stop,
+        StopAcked,
         "driver stops: trigger not offered",
     );
     out.sort();

@@ -51,6 +51,25 @@ pub enum Trigger {
     StopBit,
 }
 
+impl Trigger {
+    /// The feature bit that offers this trigger.
+    pub fn feature(self) -> u64 {
+        match self {
+            Trigger::Suspend => crate::virtio::F_SUSPEND,
+            Trigger::StopBit => crate::virtio::F_STOP,
+        }
+    }
+
+    /// The status bit the driver sets to ask for the stop, and reads back as its
+    /// acknowledgement.
+    pub fn status_bit(self) -> u8 {
+        match self {
+            Trigger::Suspend => crate::virtio::S_SUSPEND,
+            Trigger::StopBit => crate::virtio::S_STOPPED,
+        }
+    }
+}
+
 /// How the device is built and what the driver asks of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {

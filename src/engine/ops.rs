@@ -275,10 +275,7 @@ impl Run<'_> {
             self.note(|| "skipped: the device does not offer the stop trigger".into());
             return Ok(());
         }
-        let bit = match self.cfg.trigger {
-            Trigger::Suspend => S_SUSPEND,
-            Trigger::StopBit => S_STOPPED,
-        };
+        let bit = self.cfg.trigger.status_bit();
         let status = self.dev.read_status();
         self.stops.request(Side::Driver);
         self.call(|d, _| d.write_status(status | bit))

@@ -10,7 +10,7 @@ use crate::memory::GuestMem;
 use crate::model::Model;
 use crate::oracle::skipped::Offered;
 use crate::oracle::{Check, Violation, conforming};
-use crate::program::{MAX_QUEUES, Program, Trigger};
+use crate::program::{MAX_QUEUES, Program};
 use crate::shadow::Shadow;
 use crate::stops::Stops;
 use crate::trace::{Digest, Trace};
@@ -41,10 +41,7 @@ impl<'m> Run<'m> {
             .map_err(|e| conforming::setup_refused(format!("its configuration: {e}")))?;
         let desc = dev.describe();
         let caps = dev.capabilities();
-        let trigger = match cfg.trigger {
-            Trigger::Suspend => F_SUSPEND,
-            Trigger::StopBit => F_STOP,
-        };
+        let trigger = cfg.trigger.feature();
         let queues = u16::from(cfg.queues)
             .min(desc.num_queues)
             .clamp(1, MAX_QUEUES as u16);

@@ -118,11 +118,7 @@ fn ack_bits(trigger: Trigger) -> u8 {
 /// Whether the status presents the driver's stop the way a driver reads it: the trigger's
 /// bit is set. Whether the rest of the acknowledgement matches is [`stop_state`]'s to check.
 pub fn driver_stop_presented(trigger: Trigger, status: u8) -> bool {
-    let bit = match trigger {
-        Trigger::Suspend => S_SUSPEND,
-        Trigger::StopBit => S_STOPPED,
-    };
-    status & bit != 0
+    status & trigger.status_bit() != 0
 }
 
 fn stop_bits(bits: u8) -> String {
@@ -227,7 +223,7 @@ pub fn inuse_bound(q: u16, next_avail: u16, next_used: u16, size: u16) -> Check 
 ///
 /// `avail` is the avail idx the driver had published. A driver that made more than a ring
 /// available beyond used (only a hostile one does) lets a correct device complete what it
-/// held and then a whole new ring in one call: up to that many, and never two rings.
+/// held and then a whole new ring in one call: up to that many, and never over two rings.
 pub fn used_monotone(q: u16, before: u16, after: u16, avail: u16, size: u16, ids: &[u32]) -> Check {
     let moved = after.wrapping_sub(before);
     let ahead = avail.wrapping_sub(before);

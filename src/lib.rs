@@ -27,6 +27,7 @@ pub mod model;
 pub mod mutants;
 pub mod oracle;
 pub mod program;
+pub mod reach;
 pub mod seeds;
 pub mod shadow;
 pub mod stops;

@@ -116,6 +116,19 @@ enum Command {
         #[arg(long, default_value = "corpus")]
         out: PathBuf,
     },
+    /// Show which values and pairs of the generator's dimensions the seeds and the
+    /// explorer's inputs reach, and which they never reach.
+    Reach {
+        /// blk_conforming, blk_hostile or snapshot.
+        #[arg(long, default_value = "blk_conforming")]
+        target: Target,
+        /// Explorer inputs to run after the seeds.
+        #[arg(long, default_value_t = 20_000)]
+        execs: u64,
+        /// The explorer's seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Shrink a finding's input at the level of the program, keeping its invariant; writes
     /// the input, its trace and a Rust test.
     Minimize {
@@ -206,6 +219,15 @@ fn main() -> ExitCode {
             device,
         } => replay(&files, target, trace, rings, device.kind()),
         Command::Seeds { out } => seeds(&out),
+        Command::Reach {
+            target,
+            execs,
+            seed,
+        } => {
+            let reach = stopfuzz::reach::measure(target, execs, seed);
+            print!("{}", reach.render(target));
+            ExitCode::SUCCESS
+        }
         Command::Minimize {
             file,
             target,

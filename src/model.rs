@@ -69,6 +69,11 @@ pub struct Request {
     pub io: Option<IoTag>,
     /// How its last disk attempt ended; `None` until one has.
     pub last: Option<Attempt>,
+    /// Disk attempts started for it.
+    pub attempts: u16,
+    /// Its place in the order the device first started disk I/O: its fetch order, which is
+    /// also its retry order.
+    pub fetched: Option<u64>,
 }
 
 impl Request {
@@ -127,6 +132,14 @@ pub struct Model {
     pub flush: bool,
     /// The GET_ID answer.
     pub device_id: [u8; 20],
+    /// First disk attempts so far: the next request's fetch order.
+    fetches: u64,
+    /// Parked requests, and whether the device has polled since each parked: a poll is
+    /// when it takes a failure in.
+    parked: Vec<(ReqId, bool)>,
+    /// The step of a retry point (heal or resume) that no poll able to run I/O has
+    /// consumed yet.
+    pub retry_point: Option<usize>,
 }
 
 impl Model {
@@ -149,6 +162,9 @@ impl Model {
             read_policy,
             flush,
             device_id,
+            fetches: 0,
+            parked: Vec::new(),
+            retry_point: None,
         }
     }
 
@@ -224,7 +240,14 @@ impl Model {
     /// Disk I/O `tag` now runs for request `id`.
     pub fn io_started(&mut self, tag: IoTag, id: ReqId) {
         self.by_io.insert(tag, id);
-        self.requests[id].io = Some(tag);
+        let r = &mut self.requests[id];
+        r.io = Some(tag);
+        r.attempts = r.attempts.saturating_add(1);
+        if r.fetched.is_none() {
+            r.fetched = Some(self.fetches);
+            self.fetches += 1;
+        }
+        self.parked.retain(|&(p, _)| p != id);
     }
 
     /// The disk finished `tag`: a write lands with the driver's data (what a correct device
@@ -242,6 +265,12 @@ impl Model {
     }
 
     fn attempt_ended(&mut self, id: ReqId, result: Result<(), IoError>) {
+        if let Err(e) = result
+            && self.requests[id].is_open()
+            && self.policy_for(self.requests[id].kind).reaction(e) == Reaction::Park
+        {
+            self.parked.push((id, false));
+        }
         let r = &mut self.requests[id];
         r.io = None;
         let range =
@@ -337,11 +366,52 @@ impl Model {
         }
     }
 
+    /// Parked requests the device knows of (it has polled since each parked), in fetch
+    /// order.
+    pub fn parked_known(&self) -> Vec<ReqId> {
+        let mut known: Vec<ReqId> = self
+            .parked
+            .iter()
+            .filter(|&&(_, known)| known)
+            .map(|&(id, _)| id)
+            .collect();
+        known.sort_by_key(|&id| self.requests[id].fetched);
+        known
+    }
+
+    /// Requests parked now.
+    pub fn parked_count(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Parked requests fetched before `id`, still waiting for their retry.
+    pub fn parked_before(&self, id: ReqId) -> Option<ReqId> {
+        let at = self.requests[id].fetched;
+        self.parked
+            .iter()
+            .map(|&(p, _)| p)
+            .filter(|&p| p != id && self.requests[p].fetched < at)
+            .min_by_key(|&p| self.requests[p].fetched)
+    }
+
+    /// The device polled: it has taken in every failure so far.
+    pub fn polled(&mut self) {
+        for p in &mut self.parked {
+            p.1 = true;
+        }
+    }
+
+    /// A retry point at `step`: heal, or a resume that ends a stop.
+    pub fn retry_point(&mut self, step: usize) {
+        self.retry_point.get_or_insert(step);
+    }
+
     /// The driver read request `id`'s used entry: it is done.
     pub fn complete(&mut self, id: ReqId) {
         let r = &mut self.requests[id];
         r.state = ReqState::Completed;
         self.open.remove(&(r.q, r.head));
+        self.parked.retain(|&(p, _)| p != id);
     }
 
     /// A reset dropped every open request on `q` (or on every queue). Where the model
@@ -360,6 +430,13 @@ impl Model {
             }
             !drop
         });
+        // By queue, not by state: after hostile ops the requests' states may be stale.
+        self.parked
+            .retain(|&(p, _)| q.is_some_and(|q| requests[p].q != q));
+        if q.is_none() {
+            // A device reset drops every held request, and the retry owed to them.
+            self.retry_point = None;
+        }
     }
 
     /// The disk is known to hold `image` (the harness read it).

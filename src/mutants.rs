@@ -93,6 +93,19 @@ mutants! {
     /// the real acknowledgement: half an acknowledgement, and a driver that polls SUSPEND
     /// takes the device for suspended while it still completes requests [13, 14, 17].
     SuspendShownBeforeAck = "suspend-shown-before-ack",
+    /// Parked requests are retried in reverse fetch order: a retry list kept as a stack
+    /// (QEMU's virtio-blk keeps its `rq` list in order for this) [26].
+    RetryOutOfOrder = "retry-out-of-order",
+    /// A parked request is retried at the next poll, without waiting for the heal or
+    /// resume: an internal retry loop that spins on ENOSPC instead of pausing [24, 26].
+    RetryWithoutRetryPoint = "retry-without-retry-point",
+    /// The device keeps fetching new buffers while a request is parked, where QEMU's
+    /// werror=stop pauses the VM [24].
+    ConsumeWhileParked = "consume-while-parked",
+    /// A retry resubmits every held request, including those whose I/O still runs: a
+    /// retry path that does not tell parked from in flight, so one request runs twice
+    /// (B9) [25].
+    RetryResubmitsRunning = "retry-resubmits-running",
 }
 
 impl FromStr for Mutant {

@@ -99,6 +99,15 @@ regressions! {
     fn track_stop_waits_for_a_host_retry =>
         BlkConforming / "regress-track-stop-waits-for-a-host-retry-491a1229c9ebef4e",
         "liveness: heal, resume, run everything to completion" at 12;
+
+    /// Cause: after a hostile op the model stops following requests; the driver then reused
+    /// head 0 for a new request, which replaced the old one in the model's open map, so the
+    /// device reset that ends hostile mode did not drop it from the model's parked list, and
+    /// the liveness phase's retry point counted it as skipped.
+    /// Fix: a reset drops parked requests by queue (`Model::abandon`), not by their state.
+    fn parked_list_after_hostile_head_reuse =>
+        BlkHostile / "regress-parked-list-after-hostile-head-reuse-8bb68f28ca8cddd6",
+        "liveness: heal, resume, run everything to completion" at 11;
 }
 
 fn corpus() -> PathBuf {

@@ -552,6 +552,10 @@ impl BlkDevice {
         while let Some(completion) = disk.next_completion() {
             self.complete(completion, mem);
         }
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(RetryWithoutRetryPoint) {
+            self.retry_due = true;
+        }
         if self.retry_due && self.may_run_io() {
             self.retry_due = false;
             let parked: Vec<u64> = self
@@ -560,6 +564,8 @@ impl BlkDevice {
                 .filter(|(_, r)| r.io.is_none())
                 .map(|(s, _)| *s)
                 .collect();
+            #[cfg(feature = "mutants")]
+            let parked = self.mutated_retry(parked);
             for seq in parked {
                 self.submit(seq, mem, disk);
             }
@@ -604,10 +610,26 @@ impl BlkDevice {
     /// New buffers may be fetched: running, and nothing parked (a parked request pauses the
     /// device, as QEMU's werror=stop pauses the VM).
     fn may_consume(&self) -> bool {
-        self.live()
+        let running = self.live()
             && self.driver_stop == StopState::Running
-            && self.host_stop == StopState::Running
-            && self.records.values().all(|r| r.io.is_some())
+            && self.host_stop == StopState::Running;
+        #[cfg(feature = "mutants")]
+        if crate::mutant!(ConsumeWhileParked) {
+            return running;
+        }
+        running && self.records.values().all(|r| r.io.is_some())
+    }
+
+    /// What a planted bug retries instead of the parked requests in fetch order.
+    #[cfg(feature = "mutants")]
+    fn mutated_retry(&self, mut parked: Vec<u64>) -> Vec<u64> {
+        if crate::mutant!(RetryResubmitsRunning) {
+            parked = self.records.keys().copied().collect();
+        }
+        if crate::mutant!(RetryOutOfOrder) {
+            parked.reverse();
+        }
+        parked
     }
 
     fn active_queues(&self) -> usize {

@@ -18,7 +18,7 @@ impl Run<'_> {
         if stop {
             self.stops.request(Side::Host);
         } else {
-            self.stops.resume(Side::Host);
+            self.resume_record();
         }
         self.call(|d, env| {
             if let Some(h) = d.host() {
@@ -37,7 +37,7 @@ impl Run<'_> {
     }
 
     pub(super) fn host_resume(&mut self) -> Check {
-        self.stops.resume(Side::Host);
+        self.resume_record();
         self.call(|d, env| {
             if let Some(h) = d.host() {
                 h.resume(env)
@@ -45,11 +45,20 @@ impl Run<'_> {
         })
     }
 
+    /// A host resume in the record: a retry point if it ends a stop.
+    fn resume_record(&mut self) {
+        if self.stops.host.asked != Asked::Running {
+            self.model.retry_point(self.step);
+        }
+        self.stops.resume(Side::Host);
+    }
+
     /// The disk was healed: the host tells the device to retry.
     pub(super) fn host_retry(&mut self) -> Check {
         if self.dev.host().is_none() {
             return Ok(());
         }
+        self.model.retry_point(self.step);
         self.call(|d, env| {
             if let Some(h) = d.host() {
                 h.retry(env)

@@ -109,8 +109,11 @@ impl Scenarios {
     pub const STOP_DUE_THEN_ACKED: u16 = 128;
     /// A driver-trigger stop was acknowledged, its shape checked bit for bit.
     pub const DRIVER_STOP_ACKED: u16 = 256;
+    /// A retry point was consumed with two or more requests parked, all resubmitted in
+    /// fetch order.
+    pub const RETRY_TWO_PARKED: u16 = 512;
     /// Each flag with its name in the summary.
-    pub const NAMES: [(u16, &'static str); 9] = [
+    pub const NAMES: [(u16, &'static str); 10] = [
         (Self::WRAP_INFLIGHT, "wrap_with_inflight"),
         (Self::STOP_ACKED_INFLIGHT, "stop_acked_with_inflight"),
         (Self::MIGRATE_PARKED, "migration_with_parked"),
@@ -120,6 +123,7 @@ impl Scenarios {
         (Self::STOP_ACROSS_LIFECYCLE, "stop_across_lifecycle"),
         (Self::STOP_DUE_THEN_ACKED, "stop_due_then_acked"),
         (Self::DRIVER_STOP_ACKED, "driver_stop_acked"),
+        (Self::RETRY_TWO_PARKED, "retry_with_two_parked"),
     ];
 
     /// Records that `flag` was reached.

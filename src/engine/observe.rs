@@ -79,10 +79,26 @@ impl Run<'_> {
     pub(super) fn poll(&mut self) -> Check {
         let due = self.checks && self.stops.pending() && self.ack_due();
         let waiting = self.stops;
+        // This poll consumes the retry point if the record lets the device run disk I/O.
+        let retry_at = self
+            .model
+            .retry_point
+            .filter(|_| !self.stops.stopped() && self.live());
+        let parked = self.model.parked_count();
         self.polling = true;
         let result = self.call(|d, env| d.poll(env));
         self.polling = false;
         result?;
+        if let Some(step) = retry_at {
+            if self.conforming() && !self.foreign {
+                self.check(|| conforming::retried_all(&self.model, step))?;
+                if parked >= 2 && self.model.parked_count() == 0 {
+                    self.scenarios.set(Scenarios::RETRY_TWO_PARKED);
+                }
+            }
+            self.model.retry_point = None;
+        }
+        self.model.polled();
         if self.checks {
             // A poll that made the acknowledgement undue (a retry the host asked for started
             // disk I/O) does not count against it.
@@ -90,6 +106,11 @@ impl Run<'_> {
             self.judge_acks(&waiting, due, still_due)?;
         }
         Ok(())
+    }
+
+    /// The device's status says it runs: DRIVER_OK, and neither NEEDS_RESET nor FAILED.
+    fn live(&self) -> bool {
+        self.dev.read_status() & (S_DRIVER_OK | S_NEEDS_RESET | S_FAILED) == S_DRIVER_OK
     }
 
     /// Whether the contract allows the acknowledgement of a waiting stop now, as far as the
@@ -321,6 +342,7 @@ impl Run<'_> {
             let owner = self.model.owner_of(io);
             self.check(|| conforming::exactly_once_io(&self.model, io, owner))?;
             if let Some(id) = owner {
+                self.check(|| conforming::retry(&self.model, id))?;
                 self.model.io_started(*tag, id);
             }
         }

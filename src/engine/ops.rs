@@ -219,6 +219,8 @@ impl Run<'_> {
             state: ReqState::Staged,
             io: None,
             last: None,
+            attempts: 0,
+            fetched: None,
         });
         Ok(())
     }
@@ -292,6 +294,7 @@ impl Run<'_> {
             Trigger::StopBit => status & !S_STOPPED,
         };
         self.stops.resume(Side::Driver);
+        self.model.retry_point(self.step);
         self.call(|d, _| d.write_status(value))
     }
 }

@@ -37,7 +37,9 @@ pub fn never_needs_reset(status: u8) -> Check {
 }
 
 /// A new disk I/O must run a published request that may run now: not one dropped by a
-/// reset, not one already done, not one whose I/O is still running.
+/// reset, not one already done or running, not one whose failure was to be reported. Any
+/// second I/O a request has no right to is `exactly-once`, however it is timed; when a
+/// parked request may be retried is `parked`'s ([`retry`]).
 pub fn exactly_once_io(model: &Model, io: &Io, owner: Option<ReqId>) -> Check {
     let Some(id) = owner else {
         return Err(violation(
@@ -71,19 +73,82 @@ pub fn exactly_once_io(model: &Model, io: &Io, owner: Option<ReqId>) -> Check {
         );
     }
     if r.io.is_some() {
-        return fail(Invariant::Parked, "its previous I/O is still running");
+        return fail(Invariant::ExactlyOnce, "its previous I/O is still running");
     }
     let policy = model.policy_for(r.kind);
     match &r.last {
         None => Ok(()),
         Some(Attempt::Failed(e)) if policy.reaction(*e) == Reaction::Park => Ok(()),
         Some(Attempt::Failed(e)) => fail(
-            Invariant::Parked,
-            &format!("its failure ({e:?}) was to be reported under {policy:?}, not retried"),
+            Invariant::ExactlyOnce,
+            &format!("it ran again after failing with {e:?}, which {policy:?} reports"),
         ),
         Some(Attempt::Succeeded { .. }) => {
             fail(Invariant::ExactlyOnce, "it already ran successfully")
         }
+    }
+}
+
+/// A parked request pauses the device: it is resubmitted only at a retry point (heal, or a
+/// resume that ends a stop), all parked requests in fetch order, and nothing new starts
+/// disk I/O while one the device knows of waits. Called for a disk I/O `exactly_once_io`
+/// let through.
+pub fn retry(model: &Model, id: ReqId) -> Check {
+    let r = &model.requests[id];
+    let name = |id: ReqId| {
+        let r = &model.requests[id];
+        format!("queue {} head {}", r.q, r.head)
+    };
+    if let Some(e) = model.parked_by(id) {
+        if model.retry_point.is_none() {
+            return Err(violation(
+                Invariant::Parked,
+                format!(
+                    "{} resubmitted after failing with {e:?}, with no heal or resume since",
+                    name(id)
+                ),
+            ));
+        }
+        if let Some(earlier) = model.parked_before(id) {
+            return Err(violation(
+                Invariant::Parked,
+                format!(
+                    "{} resubmitted before {}, which was fetched earlier and is still parked",
+                    name(id),
+                    name(earlier)
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    match (r.attempts, model.parked_known().first()) {
+        (0, Some(&waiting)) => Err(violation(
+            Invariant::Parked,
+            format!(
+                "{} started disk I/O while {} is parked: a parked request pauses the device",
+                name(id),
+                name(waiting)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// After a poll that could run disk I/O consumed the retry point at `step`: every parked
+/// request the device knew of was resubmitted.
+pub fn retried_all(model: &Model, step: usize) -> Check {
+    match model.parked_known().first() {
+        Some(&id) => {
+            let r = &model.requests[id];
+            Err(violation(
+                Invariant::Parked,
+                format!(
+                    "queue {} head {} is still parked after the retry point at step {step}",
+                    r.q, r.head
+                ),
+            ))
+        }
+        None => Ok(()),
     }
 }
 
@@ -133,16 +198,20 @@ fn used_id(model: &Model, q: u16, elem: UsedElem) -> Result<ReqId, super::Violat
 /// A parked request gets no used entry until a retry succeeds or is reported.
 fn parked(model: &Model, id: ReqId) -> Check {
     let r = &model.requests[id];
-    match model.parked_by(id) {
-        Some(e) => Err(violation(
-            Invariant::Parked,
-            format!(
-                "queue {} head {}: completed while parked (its last I/O failed with {e:?}) without a retry",
-                r.q, r.head
-            ),
-        )),
-        None => Ok(()),
-    }
+    let Some(e) = model.parked_by(id) else {
+        return Ok(());
+    };
+    let history = match r.attempts {
+        1 => format!("its I/O failed with {e:?} and was never retried"),
+        n => format!("its retry failed again with {e:?} ({n} attempts)"),
+    };
+    Err(violation(
+        Invariant::Parked,
+        format!(
+            "queue {} head {}: completed while parked: {history}",
+            r.q, r.head
+        ),
+    ))
 }
 
 /// The status byte, used length and data are what the request and its I/O imply.
@@ -430,6 +499,8 @@ mod tests {
             state: ReqState::Staged,
             io: None,
             last: None,
+            attempts: 0,
+            fetched: None,
         });
         model.publish(0);
         (model, id)
@@ -451,6 +522,74 @@ mod tests {
         assert!(ack_due(InflightPolicy::Track, &model, false));
         model.complete(id);
         assert!(ack_due(InflightPolicy::Drain, &model, false));
+    }
+
+    /// Two writes fetched in order (I/O tags 1 and 2), both failed with ENOSPC under the
+    /// stop policy, and a third published but not yet fetched.
+    fn two_parked_and_one_new() -> (Model, [ReqId; 3]) {
+        let (mut model, a) = model_with_one_write();
+        let mut ids = [a, 0, 0];
+        for (i, sector) in [(1, 2), (2, 4)] {
+            let (other, _) = model_with_one_write();
+            let mut r = other.requests[0].clone();
+            r.head = i as u16;
+            r.sector = sector;
+            ids[i] = model.add(r);
+        }
+        model.publish(0);
+        for (tag, &id) in ids[..2].iter().enumerate() {
+            model.io_started(tag as u64 + 1, id);
+        }
+        for tag in 1..=2 {
+            model.io_finished(tag, Err(IoError::NoSpace));
+        }
+        (model, ids)
+    }
+
+    #[test]
+    fn parked_requests_are_retried_only_at_a_retry_point_and_in_fetch_order() {
+        let (mut model, [a, b, _]) = two_parked_and_one_new();
+        assert!(retry(&model, a).is_err(), "no retry point yet");
+        model.retry_point(5);
+        assert!(retry(&model, b).is_err(), "b was fetched after a");
+        assert!(retry(&model, a).is_ok());
+        model.io_started(3, a);
+        assert!(retry(&model, b).is_ok());
+        model.io_started(4, b);
+        assert!(retried_all(&model, 5).is_ok());
+    }
+
+    #[test]
+    fn nothing_new_starts_while_the_device_knows_of_a_parked_request() {
+        let (mut model, [a, b, c]) = two_parked_and_one_new();
+        // The device has not polled since the failures: it cannot know yet.
+        assert!(retry(&model, c).is_ok());
+        model.polled();
+        assert!(retry(&model, c).is_err());
+        model.retry_point(9);
+        assert!(
+            retried_all(&model, 9).is_err(),
+            "a and b were not resubmitted"
+        );
+        model.io_started(3, a);
+        model.io_started(4, b);
+        assert!(retry(&model, c).is_ok());
+    }
+
+    #[test]
+    fn a_second_io_is_exactly_once_whatever_its_timing() {
+        let (mut model, id) = model_with_one_write();
+        model.publish(0);
+        let io = Io::Write {
+            sector: 0,
+            data: vec![1; 512],
+        };
+        model.io_started(1, id);
+        let running = exactly_once_io(&model, &io, Some(id)).unwrap_err();
+        model.io_finished(1, Ok(()));
+        let done = exactly_once_io(&model, &io, Some(id)).unwrap_err();
+        assert_eq!(running.invariant, Invariant::ExactlyOnce);
+        assert_eq!(done.invariant, Invariant::ExactlyOnce);
     }
 
     #[test]

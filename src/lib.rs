@@ -28,6 +28,7 @@ pub mod mutants;
 pub mod oracle;
 pub mod program;
 pub mod seeds;
+pub mod serve;
 pub mod shadow;
 pub mod stops;
 pub mod targets;

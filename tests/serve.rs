@@ -1,0 +1,506 @@
+//! `stopfuzz serve` from outside: the built binary, driven by a minimal vhost-user front-end
+//! on the `vhost` crate with memfd guest memory, and steered through its control socket.
+//!
+//! The front-end here is deliberately small (one queue of 16, fixed buffer slots); the
+//! harness's own front-end lives behind the device boundary.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+const QSIZE: u16 = 16;
+const DESC: u64 = 0x0000;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+const BUFFERS: u64 = 0x1_0000;
+const MEM_SIZE: usize = 1 << 20;
+const SECTORS: u64 = 64;
+const WAIT: Duration = Duration::from_secs(10);
+
+const F_FLUSH: u64 = 1 << 9;
+const F_VERSION_1: u64 = 1 << 32;
+const F_PROTOCOL_FEATURES: u64 = 1 << 30;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+
+/// A `stopfuzz serve` process in its own directory, ended by its id if a test fails.
+struct Served {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Served {
+    fn start(name: &str) -> Served {
+        let dir =
+            std::env::temp_dir().join(format!("stopfuzz-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        File::create(dir.join("image"))
+            .unwrap()
+            .set_len(SECTORS * 512)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_stopfuzz"))
+            .args(["serve", "--socket"])
+            .arg(dir.join("sock"))
+            .arg("--image")
+            .arg(dir.join("image"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let served = Served { child, dir };
+        let deadline = Instant::now() + WAIT;
+        while !(served.socket().exists() && served.dir.join("sock.ctl").exists()) {
+            assert!(Instant::now() < deadline, "no sockets: {}", served.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        served
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn image(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("image")).unwrap()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// Sends one control command and returns the answer line.
+    fn control(&self, cmd: &str) -> String {
+        let mut stream = UnixStream::connect(self.dir.join("sock.ctl")).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).unwrap();
+        answer.trim_end().to_string()
+    }
+
+    /// Waits for the process to exit and returns whether it exited with status 0.
+    fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The guest side: memfd memory shared with the back-end, one split ring, and the state a
+/// driver keeps.
+struct Guest {
+    fe: Frontend,
+    mem: GuestMemoryMmap,
+    kick: EventFd,
+    call: EventFd,
+    avail_idx: u16,
+}
+
+fn memfd() -> File {
+    // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"stopfuzz-guest".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: the fd was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(MEM_SIZE as u64).unwrap();
+    file
+}
+
+impl Guest {
+    fn connect(served: &Served) -> Guest {
+        let mem = GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            MEM_SIZE,
+            Some(FileOffset::new(memfd(), 0)),
+        )])
+        .unwrap();
+        let mut fe = Frontend::connect(served.socket(), 1).unwrap();
+        let offered = fe.get_features().unwrap();
+        assert_eq!(
+            offered & (F_VERSION_1 | F_FLUSH | F_PROTOCOL_FEATURES),
+            F_VERSION_1 | F_FLUSH | F_PROTOCOL_FEATURES
+        );
+        let protocol = fe.get_protocol_features().unwrap();
+        assert!(protocol.contains(VhostUserProtocolFeatures::REPLY_ACK));
+        fe.set_protocol_features(VhostUserProtocolFeatures::REPLY_ACK)
+            .unwrap();
+        fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        fe.set_owner().unwrap();
+        fe.set_features(F_VERSION_1 | F_FLUSH | F_PROTOCOL_FEATURES)
+            .unwrap();
+        let region = mem.find_region(GuestAddress(0)).unwrap();
+        fe.set_mem_table(&[VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()])
+            .unwrap();
+        let mut guest = Guest {
+            fe,
+            mem,
+            kick: EventFd::new(0).unwrap(),
+            call: EventFd::new(0).unwrap(),
+            avail_idx: 0,
+        };
+        guest.start_ring(0);
+        guest
+    }
+
+    /// Sets the ring up from `base`, as at the start and after every stop.
+    fn start_ring(&mut self, base: u16) {
+        let fe = &mut self.fe;
+        fe.set_vring_num(0, QSIZE).unwrap();
+        fe.set_vring_base(0, base).unwrap();
+        let config = VringConfigData {
+            queue_max_size: QSIZE,
+            queue_size: QSIZE,
+            flags: 0,
+            desc_table_addr: self.mem.get_host_address(GuestAddress(DESC)).unwrap() as u64,
+            used_ring_addr: self.mem.get_host_address(GuestAddress(USED)).unwrap() as u64,
+            avail_ring_addr: self.mem.get_host_address(GuestAddress(AVAIL)).unwrap() as u64,
+            log_addr: None,
+        };
+        fe.set_vring_addr(0, &config).unwrap();
+        fe.set_vring_call(0, &self.call).unwrap();
+        fe.set_vring_kick(0, &self.kick).unwrap();
+        fe.set_vring_enable(0, true).unwrap();
+    }
+
+    fn stop_ring(&mut self) -> u32 {
+        self.fe.get_vring_base(0).unwrap()
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// The used ring entry at position `i`: (id, len).
+    fn used(&self, i: u16) -> (u32, u32) {
+        let at = USED + 4 + 8 * u64::from(i % QSIZE);
+        (
+            self.mem.read_obj(GuestAddress(at)).unwrap(),
+            self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+        )
+    }
+
+    fn wait_used(&self, idx: u16) {
+        let deadline = Instant::now() + WAIT;
+        while self.used_idx() != idx {
+            assert!(
+                Instant::now() < deadline,
+                "used idx {} never reached {idx}",
+                self.used_idx()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn desc(&self, i: u16, addr: u64, len: u32, write: bool, next: Option<u16>) {
+        let at = GuestAddress(DESC + 16 * u64::from(i));
+        let flags = u16::from(next.is_some()) | if write { 2 } else { 0 };
+        self.mem.write_obj(addr, at).unwrap();
+        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
+        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+        self.mem
+            .write_obj(next.unwrap_or(0), at.unchecked_add(14))
+            .unwrap();
+    }
+
+    /// Request slot `slot` (0 to 4) uses descriptors 3*slot.. and its own buffers. Lays out
+    /// a one-sector request, publishes it, kicks, and returns its head.
+    fn submit(&mut self, slot: u16, kind: u32, sector: u64, data: Option<&[u8; 512]>) -> u16 {
+        let head = 3 * slot;
+        let base = BUFFERS + 0x1000 * u64::from(slot);
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&header, GuestAddress(base)).unwrap();
+        if let Some(data) = data {
+            self.mem
+                .write_slice(data, GuestAddress(base + 0x100))
+                .unwrap();
+        }
+        self.mem
+            .write_obj(0xffu8, GuestAddress(base + 0x800))
+            .unwrap();
+        self.desc(head, base, 16, false, Some(head + 1));
+        self.desc(head + 1, base + 0x100, 512, kind == T_IN, Some(head + 2));
+        self.desc(head + 2, base + 0x800, 1, true, None);
+        let slot_at = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot_at)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .unwrap();
+        self.kick.write(1).unwrap();
+        head
+    }
+
+    fn status(&self, slot: u16) -> u8 {
+        let at = BUFFERS + 0x1000 * u64::from(slot) + 0x800;
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    fn data(&self, slot: u16) -> [u8; 512] {
+        let at = BUFFERS + 0x1000 * u64::from(slot) + 0x100;
+        let mut data = [0u8; 512];
+        self.mem.read_slice(&mut data, GuestAddress(at)).unwrap();
+        data
+    }
+
+    /// Every byte of the rings and buffers.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut bytes = vec![0u8; (BUFFERS + 0x8000) as usize];
+        self.mem.read_slice(&mut bytes, GuestAddress(0)).unwrap();
+        bytes
+    }
+}
+
+fn sector(image: &[u8], s: u64) -> &[u8] {
+    &image[(s * 512) as usize..((s + 1) * 512) as usize]
+}
+
+/// Waits until the back-end holds `n` I/Os.
+fn wait_held(served: &Served, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while !served.control("status").contains(&format!(" held={n} ")) {
+        assert!(Instant::now() < deadline, "{}", served.control("status"));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn no_panic(served: &Served) {
+    let log = served.stderr();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_write_then_a_read_round_trips_through_the_image() {
+    let mut served = Served::start("round-trip");
+    let mut guest = Guest::connect(&served);
+    let pattern: [u8; 512] = std::array::from_fn(|i| (i * 7 + 3) as u8);
+    let w = guest.submit(0, T_OUT, 8, Some(&pattern));
+    guest.wait_used(1);
+    assert_eq!((guest.status(0), guest.used(0)), (S_OK, (u32::from(w), 1)));
+    assert_eq!(sector(&served.image(), 8), &pattern[..]);
+    let r = guest.submit(1, T_IN, 8, None);
+    guest.wait_used(2);
+    assert_eq!(
+        (guest.status(1), guest.used(1)),
+        (S_OK, (u32::from(r), 513))
+    );
+    assert_eq!(guest.data(1), pattern);
+    drop(guest);
+    assert!(served.wait_exit());
+    no_panic(&served);
+}
+
+/// A write held in flight when GET_VRING_BASE arrives: the stop drains it (the reply comes
+/// after its completion, `used idx == base`), nothing is written while the ring is stopped,
+/// and after the restart and a `release` it is not completed again.
+#[test]
+fn a_held_request_completes_exactly_once_across_a_stop() {
+    let mut served = Served::start("held");
+    let mut guest = Guest::connect(&served);
+    assert_eq!(served.control("hold"), "ok");
+    let pattern = [0x5a; 512];
+    let w = guest.submit(0, T_OUT, 3, Some(&pattern));
+    wait_held(&served, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(guest.used_idx(), 0, "a held request must not complete");
+    assert_eq!(
+        sector(&served.image(), 3),
+        &[0; 512][..],
+        "nor reach the image"
+    );
+
+    let base = guest.stop_ring();
+    assert_eq!(base, 1);
+    assert_eq!(
+        guest.used_idx(),
+        1,
+        "GET_VRING_BASE drains before it replies"
+    );
+    assert_eq!((guest.status(0), guest.used(0)), (S_OK, (u32::from(w), 1)));
+    assert_eq!(sector(&served.image(), 3), &pattern[..]);
+
+    // Stopped: a release and a kick change nothing.
+    let quiet = guest.snapshot();
+    assert_eq!(served.control("release"), "ok released=0");
+    guest.kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        guest.snapshot() == quiet,
+        "guest memory changed while stopped"
+    );
+
+    guest.start_ring(base as u16);
+    assert_eq!(served.control("release"), "ok released=0");
+    let r = guest.submit(1, T_IN, 3, None);
+    guest.wait_used(2);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        guest.used_idx(),
+        2,
+        "the write completed once and the read once"
+    );
+    assert_eq!(guest.used(1), (u32::from(r), 513));
+    assert_eq!(guest.data(1), pattern);
+    assert!(served.control("status").contains("completed=2"));
+    drop(guest);
+    assert!(served.wait_exit());
+    no_panic(&served);
+}
+
+/// Error policy Report: ENOSPC and EIO both complete with IOERR, and the image is
+/// untouched; a `once` rule fails one I/O only.
+#[test]
+fn failed_io_completes_with_ioerr() {
+    let mut served = Served::start("fail");
+    let mut guest = Guest::connect(&served);
+    assert_eq!(served.control("fail 4 1 enospc once"), "ok");
+    assert_eq!(served.control("fail 10 2 eio always"), "ok");
+    assert!(served.control("fail 4 0 eio once").starts_with("err "));
+    let ones = [1u8; 512];
+    guest.submit(0, T_OUT, 4, Some(&ones));
+    guest.wait_used(1);
+    assert_eq!((guest.status(0), guest.used(0).1), (S_IOERR, 1));
+    assert_eq!(sector(&served.image(), 4), &[0; 512][..]);
+    guest.submit(1, T_OUT, 4, Some(&ones));
+    guest.wait_used(2);
+    assert_eq!(guest.status(1), S_OK, "the once rule is gone");
+    guest.submit(2, T_IN, 11, None);
+    guest.wait_used(3);
+    assert_eq!((guest.status(2), guest.used(2).1), (S_IOERR, 1));
+    assert_eq!(served.control("clear"), "ok");
+    guest.submit(3, T_IN, 11, None);
+    guest.wait_used(4);
+    assert_eq!(guest.status(3), S_OK);
+    drop(guest);
+    assert!(served.wait_exit());
+    no_panic(&served);
+}
+
+/// The process ends by itself, with status 0, when the front-end goes, and leaves neither
+/// socket behind.
+#[test]
+fn it_exits_cleanly_when_the_front_end_disconnects() {
+    let mut served = Served::start("exit");
+    let guest = Guest::connect(&served);
+    drop(guest);
+    assert!(served.wait_exit(), "{}", served.stderr());
+    assert!(!served.socket().exists());
+    assert!(!served.dir.join("sock.ctl").exists());
+    assert!(served.stderr().contains("the front-end disconnected"));
+    no_panic(&served);
+}
+
+/// A front-end that moves avail idx more than a ring ahead is refused: logged, disconnected,
+/// and the process exits without a panic.
+#[test]
+fn a_hostile_front_end_is_refused_not_obeyed() {
+    let mut served = Served::start("hostile");
+    let guest = Guest::connect(&served);
+    guest
+        .mem
+        .write_obj(QSIZE + 1, GuestAddress(AVAIL + 2))
+        .unwrap();
+    guest.kick.write(1).unwrap();
+    assert!(served.wait_exit());
+    assert!(
+        served.stderr().contains("refusing the front-end"),
+        "{}",
+        served.stderr()
+    );
+    assert_eq!(guest.used_idx(), 0);
+    no_panic(&served);
+}
+
+/// Bad command lines get a clear error, never a panic.
+#[test]
+fn bad_command_lines_are_errors() {
+    let bin = env!("CARGO_BIN_EXE_stopfuzz");
+    let dir = std::env::temp_dir().join(format!("stopfuzz-serve-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("img");
+    std::fs::write(&img, [0u8; 100]).unwrap();
+    let sock = dir.join("s");
+    let run = |args: &[&Path]| {
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").stdin(Stdio::null());
+        for (flag, value) in ["--socket", "--image"].iter().zip(args) {
+            cmd.arg(flag).arg(value);
+        }
+        let out = cmd.output().unwrap();
+        let mut err = String::new();
+        out.stderr.as_slice().read_to_string(&mut err).unwrap();
+        (out.status.code(), err)
+    };
+    let (code, err) = run(&[&sock, &dir.join("missing")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot open image"), "{err}");
+    let (code, err) = run(&[&sock, &img]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("smaller than one 512-byte sector"), "{err}");
+    let good = dir.join("good");
+    std::fs::write(&good, [0u8; 1024]).unwrap();
+    let (code, err) = run(&[&good, &good]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not a socket"), "{err}");
+    let (code, err) = run(&[&sock]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A second back-end on the same socket is refused while the first listens.
+#[test]
+fn a_socket_in_use_is_an_error() {
+    let served = Served::start("in-use");
+    let image = served.dir.join("image");
+    let out = Command::new(env!("CARGO_BIN_EXE_stopfuzz"))
+        .arg("serve")
+        .arg("--socket")
+        .arg(served.socket())
+        .arg("--image")
+        .arg(&image)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use"), "{err}");
+    // The first one still serves.
+    let guest = Guest::connect(&served);
+    assert_eq!(guest.used_idx(), 0);
+}

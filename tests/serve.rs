@@ -168,7 +168,7 @@ impl Guest {
             fe,
             mem,
             kick: EventFd::new(0).unwrap(),
-            call: EventFd::new(0).unwrap(),
+            call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             avail_idx: 0,
         };
         guest.start_ring(0);
@@ -193,6 +193,11 @@ impl Guest {
         fe.set_vring_call(0, &self.call).unwrap();
         fe.set_vring_kick(0, &self.kick).unwrap();
         fe.set_vring_enable(0, true).unwrap();
+    }
+
+    /// Interrupts since the last call.
+    fn interrupts(&self) -> u64 {
+        self.call.read().unwrap_or(0)
     }
 
     fn stop_ring(&mut self) -> u32 {
@@ -354,20 +359,23 @@ fn a_held_request_completes_exactly_once_across_a_stop() {
     assert_eq!((guest.status(0), guest.used(0)), (S_OK, (u32::from(w), 1)));
     assert_eq!(sector(&served.image(), 3), &pattern[..]);
 
-    // Stopped: a release and a kick change nothing.
-    let quiet = guest.snapshot();
+    assert!(guest.interrupts() >= 1, "the drained completion notifies");
+
+    // Stopped: a release, and a read made available and kicked, change nothing.
     assert_eq!(served.control("release"), "ok released=0");
-    guest.kick.write(1).unwrap();
+    let r = guest.submit(1, T_IN, 3, None);
+    let quiet = guest.snapshot();
     std::thread::sleep(Duration::from_millis(50));
     assert!(
         guest.snapshot() == quiet,
         "guest memory changed while stopped"
     );
+    assert_eq!(guest.interrupts(), 0, "an interrupt while stopped");
 
+    // The restart serves the read without another kick, and the write is not run again.
     guest.start_ring(base as u16);
-    assert_eq!(served.control("release"), "ok released=0");
-    let r = guest.submit(1, T_IN, 3, None);
     guest.wait_used(2);
+    assert_eq!(served.control("release"), "ok released=0");
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         guest.used_idx(),
@@ -376,6 +384,10 @@ fn a_held_request_completes_exactly_once_across_a_stop() {
     );
     assert_eq!(guest.used(1), (u32::from(r), 513));
     assert_eq!(guest.data(1), pattern);
+    assert!(
+        guest.interrupts() >= 1,
+        "the first completion after a restart notifies"
+    );
     assert!(served.control("status").contains("completed=2"));
     drop(guest);
     assert!(served.wait_exit());

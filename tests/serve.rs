@@ -28,6 +28,8 @@ const SECTORS: u64 = 64;
 const WAIT: Duration = Duration::from_secs(10);
 
 const F_FLUSH: u64 = 1 << 9;
+const F_INDIRECT_DESC: u64 = 1 << 28;
+const F_EVENT_IDX: u64 = 1 << 29;
 const F_VERSION_1: u64 = 1 << 32;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 const T_IN: u32 = 0;
@@ -141,6 +143,12 @@ fn memfd() -> File {
 
 impl Guest {
     fn connect(served: &Served) -> Guest {
+        Guest::connect_with(served, 0)
+    }
+
+    /// Connects and sets up queue 0, acking `extra` features beyond VERSION_1, FLUSH and
+    /// PROTOCOL_FEATURES.
+    fn connect_with(served: &Served, extra: u64) -> Guest {
         let mem = GuestMemoryMmap::from_ranges_with_files([(
             GuestAddress(0),
             MEM_SIZE,
@@ -159,7 +167,8 @@ impl Guest {
             .unwrap();
         fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         fe.set_owner().unwrap();
-        fe.set_features(F_VERSION_1 | F_FLUSH | F_PROTOCOL_FEATURES)
+        assert_eq!(offered & extra, extra, "{extra:#x} not offered");
+        fe.set_features(F_VERSION_1 | F_FLUSH | F_PROTOCOL_FEATURES | extra)
             .unwrap();
         let region = mem.find_region(GuestAddress(0)).unwrap();
         fe.set_mem_table(&[VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()])
@@ -229,9 +238,10 @@ impl Guest {
         }
     }
 
-    fn desc(&self, i: u16, addr: u64, len: u32, write: bool, next: Option<u16>) {
-        let at = GuestAddress(DESC + 16 * u64::from(i));
-        let flags = u16::from(next.is_some()) | if write { 2 } else { 0 };
+    /// Descriptor `i` of the table at `table`; flags 1 (NEXT) is added when `next` is set.
+    fn desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: Option<u16>) {
+        let at = GuestAddress(table + 16 * u64::from(i));
+        let flags = flags | u16::from(next.is_some());
         self.mem.write_obj(addr, at).unwrap();
         self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
         self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
@@ -243,6 +253,21 @@ impl Guest {
     /// Request slot `slot` (0 to 4) uses descriptors 3*slot.. and its own buffers. Lays out
     /// a one-sector request, publishes it, kicks, and returns its head.
     fn submit(&mut self, slot: u16, kind: u32, sector: u64, data: Option<&[u8; 512]>) -> u16 {
+        let head = self.lay_out(slot, kind, sector, data, false);
+        self.publish(head);
+        head
+    }
+
+    /// Writes a request's buffers and descriptors, directly in the table or (with
+    /// `indirect`) in an indirect table its head points to; returns the head.
+    fn lay_out(
+        &self,
+        slot: u16,
+        kind: u32,
+        sector: u64,
+        data: Option<&[u8; 512]>,
+        indirect: bool,
+    ) -> u16 {
         let head = 3 * slot;
         let base = BUFFERS + 0x1000 * u64::from(slot);
         let mut header = [0u8; 16];
@@ -257,9 +282,29 @@ impl Guest {
         self.mem
             .write_obj(0xffu8, GuestAddress(base + 0x800))
             .unwrap();
-        self.desc(head, base, 16, false, Some(head + 1));
-        self.desc(head + 1, base + 0x100, 512, kind == T_IN, Some(head + 2));
-        self.desc(head + 2, base + 0x800, 1, true, None);
+        let (table, first) = if indirect {
+            let table = base + 0xc00;
+            self.desc(DESC, head, table, 48, 4, None);
+            (table, 0)
+        } else {
+            (DESC, head)
+        };
+        let data_flags = if kind == T_IN { 2 } else { 0 };
+        self.desc(table, first, base, 16, 0, Some(first + 1));
+        self.desc(
+            table,
+            first + 1,
+            base + 0x100,
+            512,
+            data_flags,
+            Some(first + 2),
+        );
+        self.desc(table, first + 2, base + 0x800, 1, 2, None);
+        head
+    }
+
+    /// Makes `head` available at the next avail position and kicks.
+    fn publish(&mut self, head: u16) {
         let slot_at = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
         self.mem.write_obj(head, GuestAddress(slot_at)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -268,7 +313,6 @@ impl Guest {
             .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
             .unwrap();
         self.kick.write(1).unwrap();
-        head
     }
 
     fn status(&self, slot: u16) -> u8 {
@@ -389,6 +433,47 @@ fn a_held_request_completes_exactly_once_across_a_stop() {
         "the first completion after a restart notifies"
     );
     assert!(served.control("status").contains("completed=2"));
+    drop(guest);
+    assert!(served.wait_exit());
+    no_panic(&served);
+}
+
+/// With EVENT_IDX the device interrupts only when the used index passes `used_event` (the
+/// first completion always does) and publishes `avail_event`; requests through indirect
+/// descriptor tables work like direct ones.
+#[test]
+fn event_idx_and_indirect_descriptors() {
+    let mut served = Served::start("event-idx");
+    let mut guest = Guest::connect_with(&served, F_EVENT_IDX | F_INDIRECT_DESC);
+    let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(QSIZE));
+    let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QSIZE));
+    let pattern = [0xc3; 512];
+    let w = guest.lay_out(0, T_OUT, 5, Some(&pattern), true);
+    guest.publish(w);
+    guest.wait_used(1);
+    assert_eq!((guest.status(0), guest.used(0)), (S_OK, (u32::from(w), 1)));
+    assert_eq!(guest.interrupts(), 1, "the first completion notifies");
+    // used_event stays 0: the used index moving 1 -> 2 does not pass it.
+    let r = guest.lay_out(1, T_IN, 5, None, true);
+    guest.publish(r);
+    guest.wait_used(2);
+    assert_eq!(
+        (guest.status(1), guest.used(1)),
+        (S_OK, (u32::from(r), 513))
+    );
+    assert_eq!(guest.data(1), pattern);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(guest.interrupts(), 0, "no interrupt before used_event");
+    guest.mem.write_obj(2u16, used_event).unwrap();
+    let f = guest.submit(2, T_OUT, 6, Some(&pattern));
+    guest.wait_used(3);
+    assert_eq!(guest.used(2), (u32::from(f), 1));
+    assert_eq!(
+        guest.interrupts(),
+        1,
+        "used index 2 -> 3 passes used_event 2"
+    );
+    assert_eq!(guest.mem.read_obj::<u16>(avail_event).unwrap(), 3);
     drop(guest);
     assert!(served.wait_exit());
     no_panic(&served);

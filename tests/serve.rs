@@ -601,3 +601,52 @@ fn a_socket_in_use_is_an_error() {
     let guest = Guest::connect(&served);
     assert_eq!(guest.used_idx(), 0);
 }
+
+/// Third-party behaviour (docs/findings/vhost-user-backend-set-vring-num.md):
+/// vhost-user-backend 0.24 acknowledges SET_VRING_NUM with a size that is not a power of two
+/// as a success under REPLY_ACK, but does not apply it; the ring keeps its earlier size, so
+/// the back-end reads the avail ring with a different size than the front-end set.
+#[test]
+fn vhost_user_backend_acks_a_ring_size_it_does_not_apply() {
+    let mut served = Served::start("vring-num");
+    let mut guest = Guest::connect(&served);
+    assert_eq!(guest.stop_ring(), 0);
+    // Size 3 is not a valid split-ring size; the ack still says success.
+    let acked = guest.fe.set_vring_num(0, 3);
+    assert!(acked.is_ok(), "{acked:?}");
+    guest.fe.set_vring_base(0, 3).unwrap();
+    let addr = |gpa| guest.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
+    let config = VringConfigData {
+        queue_max_size: QSIZE,
+        queue_size: 3,
+        flags: 0,
+        desc_table_addr: addr(DESC),
+        used_ring_addr: addr(USED),
+        avail_ring_addr: addr(AVAIL),
+        log_addr: None,
+    };
+    guest.fe.set_vring_addr(0, &config).unwrap();
+    // Avail position 3 is slot 0 for a ring of 3, slot 3 for a ring of 16.
+    let in_slot_0 = guest.lay_out(0, T_IN, 0, None, false);
+    let in_slot_3 = guest.lay_out(1, T_IN, 1, None, false);
+    guest
+        .mem
+        .write_obj(in_slot_0, GuestAddress(AVAIL + 4))
+        .unwrap();
+    guest
+        .mem
+        .write_obj(in_slot_3, GuestAddress(AVAIL + 4 + 6))
+        .unwrap();
+    guest.mem.write_obj(4u16, GuestAddress(AVAIL + 2)).unwrap();
+    guest.fe.set_vring_call(0, &guest.call).unwrap();
+    guest.fe.set_vring_kick(0, &guest.kick).unwrap();
+    guest.wait_used(1);
+    assert_eq!(
+        guest.used(0).0,
+        u32::from(in_slot_3),
+        "the back-end read avail slot 3: its ring size is still 16, not 3"
+    );
+    drop(guest);
+    assert!(served.wait_exit());
+    no_panic(&served);
+}

@@ -100,6 +100,8 @@ pub enum Ended {
 /// Serves one front-end connection, then returns. Errors are about setup only: whatever the
 /// front-end does ends in [`Ended`].
 pub fn run(opts: &Options) -> Result<Ended, ServeError> {
+    // Fails only if a logger is already set, e.g. by an embedding program; keep theirs.
+    let _ = log::set_logger(&STDERR_LOG).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let (file, sectors) = open_image(&opts.image)?;
     let device = ServedBlk::new(ImageDisk::new(file, sectors), opts.queues)
         .map_err(|e| ServeError::Setup(e.to_string()))?;
@@ -255,6 +257,31 @@ fn listening(path: &Path) -> bool {
         };
         flags.is_some_and(|f| f & ACCEPTING != 0) && bound.is_some_and(same)
     })
+}
+
+/// Prints the warnings and errors of vhost-user-backend and virtio-queue on stderr: they are
+/// often the only trace of why a front-end's message was refused.
+struct StderrLog;
+
+static STDERR_LOG: StderrLog = StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!(
+                "stopfuzz serve: {} {}: {}",
+                record.level(),
+                record.target(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 struct RemoveOnDrop(PathBuf);

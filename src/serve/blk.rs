@@ -277,10 +277,11 @@ impl State {
         loop {
             let chains = {
                 let mut vs = vring.get_mut();
-                let queue = vs.get_queue_mut();
-                if !queue.ready() {
+                // A kick event already taken from epoll can arrive after a stop or a disable.
+                if !vs.is_enabled() || !vs.get_queue().ready() {
                     return;
                 }
+                let queue = vs.get_queue_mut();
                 if !queue.is_valid(&*mem) {
                     return self.refuse("a ring lies outside the memory table");
                 }

@@ -21,6 +21,9 @@ pub enum Command {
     /// `release [N]`: run the N oldest held I/Os and complete their requests; without N, run
     /// all of them and stop holding.
     Release(Option<usize>),
+    /// `release-nth K`: run the held I/O at position K (0 is the oldest) now, out of order;
+    /// holding stays on.
+    ReleaseNth(usize),
     /// `fail <first-sector> <count> <eio|enospc> <once|always>`: I/O touching the range
     /// fails when it runs.
     Fail(FailRule),
@@ -39,6 +42,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ["hold"] => Ok(Command::Hold),
         ["release"] => Ok(Command::Release(None)),
         ["release", n] => Ok(Command::Release(Some(number(n)?))),
+        ["release-nth", k] => Ok(Command::ReleaseNth(number(k)?)),
         ["fail", first, count, error, when] => {
             let count = number(count)?;
             if count == 0 {
@@ -67,7 +71,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         [] => Err("empty command".into()),
         [cmd, ..] => Err(format!(
             "unknown command or wrong arguments: {cmd:?}; commands: hold, release [N], \
-             fail FIRST COUNT eio|enospc once|always, clear, reset, status"
+             release-nth K, fail FIRST COUNT eio|enospc once|always, clear, reset, status"
         )),
     }
 }
@@ -161,6 +165,7 @@ mod tests {
                 once: true
             }))
         );
+        assert_eq!(parse("release-nth 0"), Ok(Command::ReleaseNth(0)));
         assert_eq!(parse("status"), Ok(Command::Status));
     }
 
@@ -171,6 +176,7 @@ mod tests {
             "hodl",
             "release -1",
             "release 1 2",
+            "release-nth",
             "fail 8 0 eio once",
             "fail 8 1 eperm once",
             "fail 8 1 eio twice",

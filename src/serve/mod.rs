@@ -162,6 +162,11 @@ fn apply(device: &ServedBlk, cmd: Command) -> Result<String, String> {
             let ran = device.with_disk(|d| d.release(n));
             return Ok(format!("released={ran}"));
         }
+        Command::ReleaseNth(k) => {
+            if !device.with_disk(|d| d.release_nth(k)) {
+                return Err(format!("no held I/O at position {k}"));
+            }
+        }
         Command::Fail(rule) => device.with_disk(|d| d.add_rule(rule)),
         Command::Clear => device.with_disk(|d| d.clear_rules()),
         Command::Reset => device.with_disk(|d| {

@@ -173,7 +173,7 @@ enum Command {
         #[arg(long)]
         control: Option<PathBuf>,
         /// Queues offered, 1 to 4.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
         queues: u16,
     },
 }

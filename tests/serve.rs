@@ -716,6 +716,14 @@ fn bad_command_lines_are_errors() {
     let (code, err) = run(&[&sock]);
     assert_eq!(code, Some(2), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    let out = Command::new(bin)
+        .args(["serve", "--queues", "5", "--socket"])
+        .arg(&sock)
+        .arg("--image")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -306,7 +306,8 @@ impl State {
                         Err(_) => return self.refuse("the avail ring cannot be read"),
                     };
                     if queue.next_avail() != avail.0 {
-                        return self.refuse("an avail ring entry cannot be read");
+                        return self
+                            .refuse("an avail ring entry names no descriptor or cannot be read");
                     }
                     chains
                 }

@@ -29,6 +29,7 @@ use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier};
 
 use super::disk::ImageDisk;
 use crate::backend::{Backend, IoTag};
+use crate::contract::{Contract, InflightPolicy};
 use crate::device::bits::{
     BLK_S_IOERR, F_EVENT_IDX, F_FLUSH, F_INDIRECT_DESC, F_MQ, F_VERSION_1, ID_BYTES,
 };
@@ -40,10 +41,13 @@ use crate::device::{DeviceConfig, ErrorPolicy, MAX_QUEUE_SIZE, MAX_QUEUES, confi
 /// Guest memory as the front-end shares it.
 type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 
-/// What a failed read does: complete with IOERR.
-pub const READ_POLICY: ErrorPolicy = ErrorPolicy::Report;
-/// What a failed write or flush does: complete with IOERR, for EIO and ENOSPC alike.
-pub const WRITE_POLICY: ErrorPolicy = ErrorPolicy::Report;
+/// The contract the served device keeps, for a front-end's model: Drain at GET_VRING_BASE,
+/// and IOERR for every failed read, write or flush (EIO and ENOSPC alike).
+pub const CONTRACT: Contract = Contract {
+    inflight: InflightPolicy::Drain,
+    read_policy: ErrorPolicy::Report,
+    write_policy: ErrorPolicy::Report,
+};
 
 /// A popped request whose disk I/O has not finished.
 struct Record {
@@ -390,8 +394,8 @@ impl State {
                 continue;
             };
             let policy = match record.req.kind {
-                Kind::In => READ_POLICY,
-                Kind::Out | Kind::Flush => WRITE_POLICY,
+                Kind::In => CONTRACT.read_policy,
+                Kind::Out | Kind::Flush => CONTRACT.write_policy,
             };
             let (status, len) = match exec::verdict(&record.req, &c.result, policy, &*mem) {
                 Verdict::Complete { status, len } => (status, len),

@@ -2,12 +2,12 @@
 //!
 //! `vhost-user-backend` owns the vhost-user protocol and the rings; this module owns what a
 //! request does. It pops chains, hands them to the reference device's request code
-//! ([`crate::device::exec`] and [`crate::device::request`]), submits the resulting I/O to the
+//! (`device::exec` and [`crate::device::request`]), submits the resulting I/O to the
 //! [`ImageDisk`], and completes requests as the disk finishes them.
 //!
 //! Threads. Kicks arrive on the crate's vring worker thread ([`ServedBlk::handle_event`]),
 //! GET_VRING_BASE on its protocol thread ([`ServedBlk::stop_vring`]), and `release` on a
-//! control thread. Each takes the one [`State`] lock for its whole step, so a request is
+//! control thread. Each takes the one `State` lock for its whole step, so a request is
 //! popped, run and completed by one step at a time, and ring writes never interleave.
 //!
 //! Contract. Drain: GET_VRING_BASE runs the ring's held I/O, completes its requests and

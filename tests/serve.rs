@@ -906,3 +906,24 @@ fn random_rings_never_panic() {
         "the inputs should reach both outcomes"
     );
 }
+
+/// Round trips per second, one request deep (not run by default: a measurement, not a check).
+/// `cargo test --release --test serve -- --ignored --nocapture round_trips`
+#[test]
+#[ignore]
+fn round_trips_per_second() {
+    let mut served = Served::start("speed");
+    let mut guest = Guest::connect(&served);
+    let n = 5000u16;
+    let start = Instant::now();
+    for i in 0..n {
+        guest.submit(i % 5, T_IN, u64::from(i) % SECTORS, None);
+        while guest.used_idx() != i.wrapping_add(1) {
+            std::hint::spin_loop();
+        }
+    }
+    let rate = f64::from(n) / start.elapsed().as_secs_f64();
+    eprintln!("{rate:.0} one-deep 512-byte reads per second");
+    drop(guest);
+    assert!(served.wait_exit());
+}

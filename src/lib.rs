@@ -29,6 +29,7 @@ pub mod oracle;
 pub mod program;
 pub mod reach;
 pub mod seeds;
+pub mod serve;
 pub mod shadow;
 pub mod stops;
 pub mod targets;

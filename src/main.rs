@@ -173,6 +173,22 @@ enum Command {
         #[command(flatten)]
         device: DeviceOpts,
     },
+    /// Serve the reference device over vhost-user, with a disk the front-end steers through
+    /// a control socket (see the README). Serves one connection, then exits.
+    Serve {
+        /// The vhost-user socket to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The disk image (at least one 512-byte sector), read and written in place.
+        #[arg(long)]
+        image: PathBuf,
+        /// The control socket [default: the socket's path plus .ctl].
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Queues offered, 1 to 4.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+        queues: u16,
+    },
 }
 
 /// The engines `bench` drives.
@@ -260,6 +276,35 @@ fn main() -> ExitCode {
             device.kind(),
             &mutants,
         ),
+        Command::Serve {
+            socket,
+            image,
+            control,
+            queues,
+        } => serve(stopfuzz::serve::Options {
+            socket,
+            image,
+            control,
+            queues,
+        }),
+    }
+}
+
+fn serve(opts: stopfuzz::serve::Options) -> ExitCode {
+    use stopfuzz::serve::Ended;
+    match stopfuzz::serve::run(&opts) {
+        Ok(Ended::Disconnected) => {
+            eprintln!("stopfuzz serve: the front-end disconnected");
+            ExitCode::SUCCESS
+        }
+        Ok(Ended::Refused(why)) => {
+            eprintln!("stopfuzz serve: connection closed: {why}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stopfuzz serve: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //! guest memory nor sends an interrupt.
 
 pub mod bits;
-mod notify;
+pub(crate) mod exec;
+pub(crate) mod notify;
 pub mod request;
 mod snapshot;
 
@@ -20,10 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{GuestAddress, GuestMemory};
 
-use crate::backend::{Backend, Completion, Io, IoError, IoTag};
+use crate::backend::{Backend, Completion, IoTag};
 use bits::*;
+use exec::Verdict;
 use request::{BlkRequest, Desc, Kind, Limits, Parsed};
 pub use snapshot::{RestoreError, SaveError, SavedRequest, Snapshot};
 
@@ -35,22 +37,6 @@ pub const MAX_QUEUE_SIZE: u16 = 256;
 const MAX_PASSES: usize = 4;
 
 pub use crate::contract::{ErrorPolicy, InflightPolicy};
-
-enum Action {
-    Report,
-    Ignore,
-    Park,
-}
-
-impl ErrorPolicy {
-    fn on(self, error: IoError) -> Action {
-        match (self, error) {
-            (ErrorPolicy::Report, _) | (ErrorPolicy::Enospc, IoError::Io) => Action::Report,
-            (ErrorPolicy::Ignore, _) => Action::Ignore,
-            (ErrorPolicy::Stop, _) | (ErrorPolicy::Enospc, IoError::NoSpace) => Action::Park,
-        }
-    }
-}
 
 /// How the device is built: what a VMM's command line would say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,11 +326,7 @@ impl BlkDevice {
 
     /// Reads the virtio-blk configuration space; bytes past its end read as 0.
     pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        use virtio_bindings::virtio_blk::virtio_blk_config;
-        let mut space = [0u8; std::mem::size_of::<virtio_blk_config>()];
-        space[..8].copy_from_slice(&self.cfg.capacity.to_le_bytes());
-        let nq = std::mem::offset_of!(virtio_blk_config, num_queues);
-        space[nq..nq + 2].copy_from_slice(&self.cfg.num_queues.to_le_bytes());
+        let space = config_space(self.cfg.capacity, self.cfg.num_queues);
         for (i, byte) in data.iter_mut().enumerate() {
             *byte = usize::try_from(offset)
                 .ok()
@@ -678,7 +660,9 @@ impl BlkDevice {
                     .disable_notification(mem)
                     .and_then(|_| queue.iter(mem))
                 {
-                    Ok(iter) => iter.map(|c| (c.head_index(), walk(c))).collect::<Vec<_>>(),
+                    Ok(iter) => iter
+                        .map(|c| (c.head_index(), exec::walk(c)))
+                        .collect::<Vec<_>>(),
                     Err(_) => return self.break_device(),
                 };
                 if queue.next_avail() != avail.0 {
@@ -748,7 +732,7 @@ impl BlkDevice {
             } => match request::scatter(mem, &reply_to, &reply) {
                 #[cfg(feature = "mutants")]
                 Some(_) if crate::mutant!(HeadLeakedOnError) && status != BLK_S_OK => {
-                    let _ = mem.write_obj(status, GuestAddress(status_addr));
+                    let _ = exec::write_status(mem, status_addr, status);
                 }
                 Some(n) => self.finish(q, head, status_addr, status, n as u32 + 1, mem),
                 None => self.break_device(),
@@ -758,20 +742,8 @@ impl BlkDevice {
     }
 
     fn submit<M: GuestMemory, B: Backend + ?Sized>(&mut self, seq: u64, mem: &M, disk: &mut B) {
-        let req = &self.records[&seq].req;
-        let io = match req.kind {
-            Kind::In => Io::Read {
-                sector: req.sector,
-                len: req.data_len() as u32,
-            },
-            Kind::Out => match request::gather(mem, &req.data) {
-                Some(data) => Io::Write {
-                    sector: req.sector,
-                    data,
-                },
-                None => return self.finish_record(seq, BLK_S_IOERR, 1, mem),
-            },
-            Kind::Flush => Io::Flush,
+        let Some(io) = exec::io_for(&self.records[&seq].req, mem) else {
+            return self.finish_record(seq, BLK_S_IOERR, 1, mem);
         };
         let tag = disk.submit(io);
         self.records.get_mut(&seq).expect("held").io = Some(tag);
@@ -788,43 +760,33 @@ impl BlkDevice {
         else {
             return;
         };
-        let kind = record.req.kind;
-        match completion.result {
-            Ok(data) if kind == Kind::In => match request::scatter(mem, &record.req.data, &data) {
-                Some(n) => self.finish_record(seq, BLK_S_OK, n as u32 + 1, mem),
-                None => self.finish_record(seq, BLK_S_IOERR, 1, mem),
-            },
-            Ok(_) => self.finish_record(seq, BLK_S_OK, 1, mem),
-            Err(error) => {
-                let policy = if kind == Kind::In {
-                    self.cfg.read_policy
-                } else {
-                    self.cfg.write_policy
-                };
-                let action = policy.on(error);
-                #[cfg(feature = "mutants")]
-                let action = match action {
-                    Action::Park
-                        if crate::mutant!(ParkedReportsIoerr) && policy == ErrorPolicy::Stop =>
-                    {
-                        Action::Report
-                    }
-                    Action::Park if crate::mutant!(ParkedCompletedAndRetried) => {
-                        let r = &self.records[&seq];
-                        let (q, head, at) = (r.queue, r.head, r.req.status);
-                        self.finish(q, head, at, BLK_S_IOERR, 1, mem);
-                        Action::Park
-                    }
-                    other => other,
-                };
-                match action {
-                    Action::Report => self.finish_record(seq, BLK_S_IOERR, 1, mem),
-                    Action::Ignore => self.finish_record(seq, BLK_S_OK, 1, mem),
-                    Action::Park => {
-                        if let Some(r) = self.records.get_mut(&seq) {
-                            r.io = None;
-                        }
-                    }
+        let policy = if record.req.kind == Kind::In {
+            self.cfg.read_policy
+        } else {
+            self.cfg.write_policy
+        };
+        let verdict = exec::verdict(&record.req, &completion.result, policy, mem);
+        #[cfg(feature = "mutants")]
+        let verdict = match verdict {
+            Verdict::Park if crate::mutant!(ParkedReportsIoerr) && policy == ErrorPolicy::Stop => {
+                Verdict::Complete {
+                    status: BLK_S_IOERR,
+                    len: 1,
+                }
+            }
+            Verdict::Park if crate::mutant!(ParkedCompletedAndRetried) => {
+                let r = &self.records[&seq];
+                let (q, head, at) = (r.queue, r.head, r.req.status);
+                self.finish(q, head, at, BLK_S_IOERR, 1, mem);
+                Verdict::Park
+            }
+            other => other,
+        };
+        match verdict {
+            Verdict::Complete { status, len } => self.finish_record(seq, status, len, mem),
+            Verdict::Park => {
+                if let Some(r) = self.records.get_mut(&seq) {
+                    r.io = None;
                 }
             }
         }
@@ -852,7 +814,7 @@ impl BlkDevice {
         len: u32,
         mem: &M,
     ) {
-        if mem.write_obj(status, GuestAddress(at)).is_err() {
+        if !exec::write_status(mem, at, status) {
             return self.break_device();
         }
         self.add_used(q, head, len, mem);
@@ -916,22 +878,13 @@ impl BlkDevice {
     }
 }
 
-/// The chain's descriptors, or `None` if virtio-queue ended it early: no descriptor at all,
-/// or a last descriptor that still points on.
-fn walk<M>(chain: virtio_queue::DescriptorChain<M>) -> Option<Vec<Desc>>
-where
-    M: std::ops::Deref,
-    M::Target: GuestMemory,
-{
-    let mut descs = Vec::new();
-    let mut truncated = true;
-    for d in chain {
-        truncated = d.has_next();
-        descs.push(Desc {
-            addr: d.addr().0,
-            len: d.len(),
-            write: d.is_write_only(),
-        });
-    }
-    (!truncated).then_some(descs)
+/// The virtio-blk configuration space of a device with `capacity` sectors and `num_queues`
+/// queues; every field the device does not offer reads 0.
+pub(crate) fn config_space(capacity: u64, num_queues: u16) -> Vec<u8> {
+    use virtio_bindings::virtio_blk::virtio_blk_config;
+    let mut space = vec![0u8; std::mem::size_of::<virtio_blk_config>()];
+    space[..8].copy_from_slice(&capacity.to_le_bytes());
+    let nq = std::mem::offset_of!(virtio_blk_config, num_queues);
+    space[nq..nq + 2].copy_from_slice(&num_queues.to_le_bytes());
+    space
 }

@@ -4,7 +4,7 @@
 //! and forgets its bookkeeping across save/restore. The device keeps `signalled_used` itself,
 //! as QEMU does, and a restore clears it so the first used update always notifies.
 
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
 use super::BlkDevice;
@@ -17,32 +17,43 @@ pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
 
 impl BlkDevice {
     /// Decides whether the used index moving since the last decision needs an interrupt.
-    /// An unreadable ring notifies: a spurious interrupt is harmless, a lost one is not.
     pub(super) fn should_notify<M: GuestMemory>(&mut self, q: usize, mem: &M) -> bool {
         let vq = &mut self.queues[q];
-        let new = vq.queue.next_used();
-        let Some(old) = vq.signalled_used.replace(new) else {
-            return true;
-        };
-        let avail = GuestAddress(vq.queue.avail_ring());
-        if vq.queue.event_idx_enabled() {
-            let used_event = avail.checked_add(4 + 2 * u64::from(vq.queue.size()));
-            used_event
-                .and_then(|at| mem.read_obj::<u16>(at).ok())
-                .is_none_or(|event| {
-                    let event = u16::from_le(event);
-                    #[cfg(feature = "mutants")]
-                    let event = match crate::mutant!(EventIdxOffByOne) {
-                        true => event.wrapping_add(1),
-                        false => event,
-                    };
-                    vring_need_event(event, new, old)
-                })
-        } else {
-            mem.read_obj::<u16>(avail)
-                .ok()
-                .is_none_or(|flags| u16::from_le(flags) & AVAIL_F_NO_INTERRUPT == 0)
-        }
+        should_notify(&vq.queue, &mut vq.signalled_used, mem)
+    }
+}
+
+/// Decides whether `queue`'s used index moving since the last decision (`signalled_used`,
+/// which this updates) needs an interrupt. `None` means no decision since a restore or a
+/// ring restart, and always notifies. An unreadable ring notifies: a spurious interrupt is
+/// harmless, a lost one is not.
+pub(crate) fn should_notify<M: GuestMemory>(
+    queue: &Queue,
+    signalled_used: &mut Option<u16>,
+    mem: &M,
+) -> bool {
+    let new = queue.next_used();
+    let Some(old) = signalled_used.replace(new) else {
+        return true;
+    };
+    let avail = GuestAddress(queue.avail_ring());
+    if queue.event_idx_enabled() {
+        let used_event = avail.checked_add(4 + 2 * u64::from(queue.size()));
+        used_event
+            .and_then(|at| mem.read_obj::<u16>(at).ok())
+            .is_none_or(|event| {
+                let event = u16::from_le(event);
+                #[cfg(feature = "mutants")]
+                let event = match crate::mutant!(EventIdxOffByOne) {
+                    true => event.wrapping_add(1),
+                    false => event,
+                };
+                vring_need_event(event, new, old)
+            })
+    } else {
+        mem.read_obj::<u16>(avail)
+            .ok()
+            .is_none_or(|flags| u16::from_le(flags) & AVAIL_F_NO_INTERRUPT == 0)
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::backend::{Io, IoError, IoTag, SECTOR_SIZE};
 use crate::contract::{ErrorPolicy, Reaction};
+use crate::dut::Fault;
 use crate::program::ReqType;
 use crate::virtio::{BLK_S_IOERR, BLK_S_OK, BLK_S_UNSUPP};
 
@@ -119,6 +120,8 @@ pub struct Model {
     pub uncertain: Vec<bool>,
     /// The device does its own disk I/O: a write dropped by a reset may still land.
     pub io_unseen: bool,
+    /// The faults a device that does its own I/O injects.
+    pub faults: Vec<Fault>,
     /// What a failed write or flush does.
     pub write_policy: ErrorPolicy,
     /// What a failed read does.
@@ -145,6 +148,7 @@ impl Model {
             disk: vec![0; (disk_sectors * SECTOR_SIZE) as usize],
             uncertain: vec![false; disk_sectors as usize],
             io_unseen: false,
+            faults: Vec::new(),
             write_policy,
             read_policy,
             flush,
@@ -236,9 +240,20 @@ impl Model {
     }
 
     /// For a device that does its own disk I/O, seen only when the request completes: its
-    /// I/O ran, and with no fault injected, succeeded.
+    /// I/O ran, and failed where an injected fault covers it.
     pub fn external_io_done(&mut self, id: ReqId) {
-        self.attempt_ended(id, Ok(()));
+        let r = &self.requests[id];
+        let write = match r.kind {
+            ReqType::Write => true,
+            ReqType::Read => false,
+            _ => return self.attempt_ended(id, Ok(())),
+        };
+        let hit = self
+            .faults
+            .iter()
+            .find(|f| f.write == write && r.sectors().contains(&f.sector));
+        let result = hit.map_or(Ok(()), |f| Err(f.error));
+        self.attempt_ended(id, result);
     }
 
     fn attempt_ended(&mut self, id: ReqId, result: Result<(), IoError>) {

@@ -79,6 +79,7 @@ impl Shadow {
             {
                 continue;
             }
+            let first = found.len();
             let mut i = 0;
             while i < self.buf.len() {
                 if self.buf[i] == self.copy[start + i] {
@@ -92,9 +93,28 @@ impl Shadow {
                 found.push(((start + run) as u64, (i - run) as u32));
             }
             self.copy[start..end].copy_from_slice(&self.buf);
-            self.mark(start, end);
+            let runs: Vec<(u64, u32)> = found[first..].to_vec();
+            for (addr, len) in runs {
+                self.mark(addr as usize, addr as usize + len as usize);
+            }
         }
         found
+    }
+
+    /// The pages the copy may hold non-zero bytes in: every byte of memory the copy took in
+    /// lies in one of them.
+    pub fn dirty_pages(&self) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        for (word, &bits) in self.dirty.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let page = (word * 64 + bits.trailing_zeros() as usize) as u64;
+                bits &= bits - 1;
+                let start = page * PAGE as u64;
+                out.push(start..(start + PAGE as u64).min(self.copy.len() as u64));
+            }
+        }
+        out
     }
 
     /// All of memory.

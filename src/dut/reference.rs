@@ -50,6 +50,7 @@ impl Device for BlkDevice {
                 write_policy: c.write_policy,
                 read_policy: c.read_policy,
             },
+            faults: Vec::new(),
         }
     }
 
@@ -58,6 +59,7 @@ impl Device for BlkDevice {
             writes: WriteObservation::Exact,
             disk: DiskControl::Harness,
             deterministic: true,
+            faults: false,
         }
     }
 

@@ -46,7 +46,7 @@ impl Run<'_> {
             };
             f(self.dev.as_mut(), &mut env);
         }
-        let writes = self.device_writes(cp);
+        let writes = self.device_writes(cp, asked.stopped());
         if diff {
             self.synced = self.mem.checkpoint();
         }
@@ -73,7 +73,11 @@ impl Run<'_> {
             };
             self.used_seen[i] = Some(used[i]);
         }
-        self.observe(before, &asked, used, &writes, events, &new_io)
+        self.observe(before, &asked, used, &writes, events, &new_io)?;
+        match self.dev.failure() {
+            Some(why) => Err(crate::oracle::always::device_failed(why)),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn poll(&mut self) -> Check {
@@ -187,14 +191,18 @@ impl Run<'_> {
     }
 
     /// What the device wrote since `cp`, as far as it lets the harness see (checks only).
-    fn device_writes(&mut self, cp: Checkpoint) -> Vec<(u64, u32)> {
+    /// Seen as a diff, a stopped device's writes are looked for in all of memory.
+    fn device_writes(&mut self, cp: Checkpoint, stopped: bool) -> Vec<(u64, u32)> {
         if !self.checks {
             return Vec::new();
         }
         match self.caps.writes {
             WriteObservation::Exact => self.mem.writes_since(cp).collect(),
             WriteObservation::Diff => {
-                let pages = self.driver.pages_in_use();
+                let pages = match (stopped, self.shadow.as_ref()) {
+                    (true, Some(shadow)) => vec![shadow.everything()],
+                    _ => self.driver.pages_in_use(),
+                };
                 match self.shadow.as_mut() {
                     Some(shadow) => shadow.diff(self.mem, &pages),
                     None => Vec::new(),
@@ -327,9 +335,22 @@ impl Run<'_> {
         let (Some(before), Some(after)) = (before, after) else {
             return Ok(());
         };
+        self.last_undue = events.config;
         for q in 0..self.queues() {
             let i = usize::from(q);
             let moved = used[i] != before.used[i];
+            // A device completing on its own time decides per used entry; with EVENT_IDX
+            // only one decision can cross `used_event`.
+            let decisions = if self.caps.deterministic
+                || (self.driver.has(F_EVENT_IDX) && self.signal_valid[i])
+            {
+                1
+            } else {
+                u32::from(used[i].wrapping_sub(before.used[i]))
+            };
+            if !moved {
+                self.last_undue += events.used[i];
+            }
             let expected = !self.signal_valid[i]
                 || conforming::notification_due(
                     &self.driver,
@@ -338,7 +359,7 @@ impl Run<'_> {
                     before.used[i],
                     used[i],
                 );
-            conforming::notify(q, moved, expected, events.used[i])?;
+            conforming::notify(q, moved, expected, events.used[i], decisions)?;
             if moved {
                 self.signal_valid[i] = true;
             }

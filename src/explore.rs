@@ -341,8 +341,23 @@ pub fn save_finding(
     std::fs::write(&path, input)?;
     let traced = target.run_on(device, input, true, OracleLevel::Full);
     let trace = traced.trace.map(|t| t.cut(f.step)).unwrap_or_default();
+    let rate = if deterministic(device) {
+        String::new()
+    } else {
+        // The run above counts too.
+        let again = matches!(&traced.outcome, Outcome::Finding(g) if g.invariant == f.invariant);
+        let hits = reproductions(
+            target,
+            device,
+            input,
+            f.invariant,
+            REPRO_RUNS - 1,
+            OracleLevel::Full,
+        );
+        format!("reproduced: {}/{REPRO_RUNS}\n", hits + u32::from(again))
+    };
     let report = format!(
-        "target: {}\ndevice: {device}\ninvariant: {}\nstep: {}\n{}\n\nreplay: cargo run --release -- replay --target {}{} {}\n\n{}",
+        "target: {}\ndevice: {device}\ninvariant: {}\nstep: {}\n{}\n{rate}\nreplay: cargo run --release -- replay --target {}{} {}\n\n{}",
         target.name(),
         f.invariant,
         f.step,
@@ -356,11 +371,44 @@ pub fn save_finding(
     Ok(path)
 }
 
+/// Re-runs of a finding against a device that is not deterministic.
+pub const REPRO_RUNS: u32 = 20;
+
+/// Whether the same input always gives the same run on `device`.
+pub fn deterministic(device: DeviceKind) -> bool {
+    !matches!(device, DeviceKind::VhostUser(_))
+}
+
+/// How many of `runs` re-runs of `input` find `invariant` again.
+pub fn reproductions(
+    target: Target,
+    device: DeviceKind,
+    input: &[u8],
+    invariant: Invariant,
+    runs: u32,
+    oracle: OracleLevel,
+) -> u32 {
+    (0..runs)
+        .filter(|_| {
+            matches!(
+                target.run_on(device, input, false, oracle).outcome,
+                Outcome::Finding(f) if f.invariant == invariant
+            )
+        })
+        .count() as u32
+}
+
 /// The command-line arguments that select `device` (empty for the reference).
 pub fn device_args(device: DeviceKind) -> String {
     match device {
         DeviceKind::Reference => String::new(),
         DeviceKind::Reduced(hidden) => format!(" --device reduced --hide {}", hidden.names()),
+        DeviceKind::VhostUser(t) => format!(
+            " --device vhost-user --backend '{}' --backend-policy {}{}",
+            t.text.replace('\'', "'\\''"),
+            t.policy_text(),
+            if t.reuse { "" } else { " --fresh-backend" }
+        ),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-use crate::dut::DeviceKind;
+use crate::dut::{DeviceKind, vhost_user};
 use crate::engine::{Finding, OracleLevel, Outcome, Report, Scenarios};
 use crate::oracle::Invariant;
 use crate::oracle::skipped::Skip;
@@ -404,10 +404,15 @@ pub fn device_args(device: DeviceKind) -> String {
         DeviceKind::Reference => String::new(),
         DeviceKind::Reduced(hidden) => format!(" --device reduced --hide {}", hidden.names()),
         DeviceKind::VhostUser(t) => format!(
-            " --device vhost-user --backend '{}' --backend-policy {}{}",
+            " --device vhost-user --backend '{}' --backend-policy {}{}{}",
             t.text.replace('\'', "'\\''"),
             t.policy_text(),
-            if t.reuse { "" } else { " --fresh-backend" }
+            if t.reuse { "" } else { " --fresh-backend" },
+            if t.known == Default::default() && t.text == vhost_user::template::QSD {
+                " --strict"
+            } else {
+                ""
+            }
         ),
     }
 }

@@ -48,6 +48,10 @@ struct DeviceOpts {
     /// per worker reused where sound.
     #[arg(long)]
     fresh_backend: bool,
+    /// With --device vhost-user: also report the back-end's known, documented deviations
+    /// (docs/findings/), which are let pass by default so that fuzzing gets past them.
+    #[arg(long)]
+    strict: bool,
 }
 
 impl DeviceOpts {
@@ -59,6 +63,9 @@ impl DeviceOpts {
             DeviceArg::VhostUser => {
                 let mut t = Template::parse(&self.backend, &self.backend_policy)?;
                 t.reuse = !self.fresh_backend;
+                if self.strict {
+                    t.known = Default::default();
+                }
                 // One template per command, alive until exit.
                 DeviceKind::VhostUser(Box::leak(Box::new(t)))
             }
@@ -208,6 +215,7 @@ fn main() -> ExitCode {
     let code = dispatch(cli.command);
     // Back-end processes this command started end with it.
     vhost_user::shutdown();
+    vhost_user::process::end_all();
     code
 }
 

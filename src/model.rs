@@ -130,6 +130,8 @@ pub struct Model {
     pub flush: bool,
     /// The GET_ID answer.
     pub device_id: [u8; 20],
+    /// Leading bytes of the GET_ID answer that are checked.
+    pub id_checked: usize,
 }
 
 impl Model {
@@ -153,6 +155,7 @@ impl Model {
             read_policy,
             flush,
             device_id,
+            id_checked: device_id.len(),
         }
     }
 
@@ -300,7 +303,10 @@ impl Model {
             data,
         };
         match r.kind {
-            ReqType::GetId => return Ok(ok(21, Some(self.device_id.to_vec()))),
+            ReqType::GetId => {
+                let checked = &self.device_id[..self.id_checked.min(self.device_id.len())];
+                return Ok(ok(21, Some(checked.to_vec())));
+            }
             ReqType::Flush if !self.flush => {
                 return Ok(Expected {
                     status: BLK_S_UNSUPP,

@@ -83,6 +83,9 @@ pub struct Description {
     pub contract: Contract,
     /// The disk faults it really injects.
     pub faults: Vec<Fault>,
+    /// Leading bytes of the GET_ID answer the oracle compares: all of them, or fewer for a
+    /// device with a known, documented deviation (docs/findings/) the user let pass.
+    pub id_checked: usize,
 }
 
 /// How the harness sees what a device writes to guest memory.

@@ -51,6 +51,7 @@ impl Device for BlkDevice {
                 read_policy: c.read_policy,
             },
             faults: Vec::new(),
+            id_checked: crate::virtio::ID_BYTES,
         }
     }
 

@@ -46,10 +46,6 @@ impl Run<'_> {
             };
             f(self.dev.as_mut(), &mut env);
         }
-        let writes = self.device_writes(cp, asked.stopped());
-        if diff {
-            self.synced = self.mem.checkpoint();
-        }
         let events = self.dev.take_events();
         self.last_events = events;
         let new_io: Vec<(IoTag, Io)> = match self.caps.disk {
@@ -72,6 +68,12 @@ impl Run<'_> {
                 _ => self.driver.used_idx(self.mem.mem(), q),
             };
             self.used_seen[i] = Some(used[i]);
+        }
+        // Diffed after used idx is read: a device in another process writes a request's
+        // buffers before its used entry, so they are never seen after the model let go of it.
+        let writes = self.device_writes(cp, asked.stopped());
+        if diff {
+            self.synced = self.mem.checkpoint();
         }
         self.observe(before, &asked, used, &writes, events, &new_io)?;
         match self.dev.failure() {

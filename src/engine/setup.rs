@@ -94,6 +94,7 @@ impl<'m> Run<'m> {
         );
         model.io_unseen = caps.disk == crate::dut::DiskControl::External;
         model.faults = desc.faults.clone();
+        model.id_checked = desc.id_checked;
         let mut run = Run {
             mem,
             shadow,

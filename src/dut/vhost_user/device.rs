@@ -227,7 +227,16 @@ impl VhostUser {
             l.fe.set_vring_num(q, size)?;
             l.fe.set_vring_base(q, base)?;
             l.fe.set_vring_addr(q, &config)?;
-            l.fe.set_vring_call(q, &call)?;
+            l.fe.set_vring_call(q, &call)
+        });
+        if ok.is_none() {
+            return;
+        }
+        // libvhost-user signals every new call fd once ("in case of I/O hang after
+        // reconnecting"), before its reply: not a used-buffer notification. Drained before
+        // the kick fd lets the ring run, so no real notification is drained with it.
+        let _ = self.rings[q].call.read();
+        let ok = self.vu(|l| {
             l.fe.set_vring_kick(q, &kick)?;
             if protocol {
                 l.fe.set_vring_enable(q, true)?;
@@ -235,10 +244,12 @@ impl VhostUser {
             Ok(())
         });
         if ok.is_some() {
-            // libvhost-user signals every new call fd once ("in case of I/O hang after
-            // reconnecting"): not a used-buffer notification, so not the guest's.
-            let _ = self.rings[q].call.read();
             self.rings[q].started = true;
+            // A back-end starts processing on a kick; the guest may have made buffers
+            // available while stopped without one (EVENT_IDX said not to), so the VMM kicks
+            // a started ring once, as QEMU's dataplane does.
+            self.rings[q].kicked = self.avail_idx(q);
+            let _ = self.rings[q].kick.write(1);
         }
     }
 
@@ -366,8 +377,7 @@ impl VhostUser {
 
 impl Device for VhostUser {
     fn describe(&self) -> Description {
-        let mut device_id = [0u8; ID_BYTES];
-        device_id[..14].copy_from_slice(b"vhost_user_blk");
+        let (device_id, id_checked) = self.template.device_id();
         Description {
             features: self.link.as_ref().map_or(0, |l| l.offered),
             num_queues: self.num_queues,
@@ -380,6 +390,7 @@ impl Device for VhostUser {
             } else {
                 Vec::new()
             },
+            id_checked,
         }
     }
 

@@ -70,9 +70,8 @@ pub fn build(template: &'static Template, want: &Want) -> Result<Box<dyn Device>
     )?))
 }
 
-/// Ends this thread's idle back-end, and every back-end process still registered. Call at
-/// the end of a command: the main thread's idle back-end is not dropped at exit.
+/// Ends this thread's idle back-end. The main thread's is not dropped at exit: a command
+/// calls this, then [`process::end_all`] for anything a panic may have left registered.
 pub fn shutdown() {
     IDLE.with(|idle| idle.borrow_mut().take());
-    process::end_all();
 }

@@ -39,6 +39,17 @@ pub struct Template {
     pub read_policy: ErrorPolicy,
     /// A worker keeps its back-end for the next run where that is sound.
     pub reuse: bool,
+    /// Known deviations of this back-end that the oracle lets pass (each documented in
+    /// docs/findings/); `--strict` clears them.
+    pub known: Known,
+}
+
+/// Known, documented deviations a template's back-end has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// GET_ID writes the ID string and its NUL but does not pad the rest of the 20 bytes
+    /// (docs/findings/qsd-get-id-not-nul-padded.md): only up to the NUL is checked.
+    pub get_id_unpadded: bool,
 }
 
 /// What one back-end is started with.
@@ -88,12 +99,27 @@ impl Template {
             write_policy,
             read_policy,
             reuse: true,
+            known: Known {
+                get_id_unpadded: text == QSD,
+            },
         })
     }
 
     /// The shipped qemu-storage-daemon template.
     pub fn qsd() -> Template {
         Template::parse(QSD, "report").expect("the shipped template parses")
+    }
+
+    /// The ID string the device answers GET_ID with, and how many bytes of it to check.
+    pub fn device_id(&self) -> ([u8; crate::virtio::ID_BYTES], usize) {
+        let mut id = [0u8; crate::virtio::ID_BYTES];
+        id[..14].copy_from_slice(b"vhost_user_blk");
+        let checked = if self.known.get_id_unpadded {
+            15
+        } else {
+            id.len()
+        };
+        (id, checked)
     }
 
     /// Whether the back-end gets faults and slow I/O (`{blockdev}`).

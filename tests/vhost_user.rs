@@ -87,6 +87,18 @@ fn run(device: DeviceKind, program: &Program) -> stopfuzz::engine::Report {
     report
 }
 
+/// Processes of this test binary's back-ends, children or not (their command lines name
+/// the scratch directory).
+fn leftovers() -> String {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pattern = format!("stopfuzz-vu-{}-", std::process::id());
+    let out = std::process::Command::new("pgrep")
+        .args(["-a", "-f", &pattern])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 fn children() -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
@@ -198,7 +210,7 @@ fn a_back_end_that_dies_is_a_no_panic_finding_with_its_stderr() {
         return;
     }
     let t = Template::parse(
-        "sh -c 'qemu-storage-daemon \"$@\" & sleep 0.02; echo vu_panic: planted >&2; kill $!; sleep 5' sh {blockdev} --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on",
+        "sh -c '(sleep 0.02; echo vu_panic: planted >&2; kill $$) & exec qemu-storage-daemon \"$@\"' sh {blockdev} --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on",
         "report",
     )
     .unwrap();
@@ -227,4 +239,5 @@ fn a_back_end_that_dies_is_a_no_panic_finding_with_its_stderr() {
         Outcome::Pass => panic!("a back-end that died mid-run passed"),
     }
     assert!(children().is_empty(), "no back-end left: {:?}", children());
+    assert_eq!(leftovers(), "", "no back-end left");
 }

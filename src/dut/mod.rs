@@ -86,6 +86,8 @@ pub struct Description {
     /// Leading bytes of the GET_ID answer the oracle compares: all of them, or fewer for a
     /// device with a known, documented deviation (docs/findings/) the user let pass.
     pub id_checked: usize,
+    /// The disk keeps what is written. A latency-only disk does not: no data is checked.
+    pub keeps_data: bool,
 }
 
 /// How the harness sees what a device writes to guest memory.

@@ -75,11 +75,11 @@ impl Run<'_> {
         if diff {
             self.synced = self.mem.checkpoint();
         }
-        self.observe(before, &asked, used, &writes, events, &new_io)?;
-        match self.dev.failure() {
-            Some(why) => Err(crate::oracle::always::device_failed(why)),
-            None => Ok(()),
+        // A device that died is reported as such, ahead of what its death looks like.
+        if let Some(why) = self.dev.failure() {
+            return Err(crate::oracle::always::device_failed(why));
         }
+        self.observe(before, &asked, used, &writes, events, &new_io)
     }
 
     pub(super) fn poll(&mut self) -> Check {

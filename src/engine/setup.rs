@@ -71,6 +71,7 @@ impl<'m> Run<'m> {
             introspection: dev.introspection().is_some(),
             snapshot_inspection: dev.snapshot_inspection().is_some(),
             driver_stop: features & trigger != 0,
+            remote: !caps.deterministic,
         };
         let start = if dev.ring_base().is_some() {
             cfg.start_index
@@ -95,6 +96,9 @@ impl<'m> Run<'m> {
         model.io_unseen = caps.disk == crate::dut::DiskControl::External;
         model.faults = desc.faults.clone();
         model.id_checked = desc.id_checked;
+        if !desc.keeps_data {
+            model.uncertain.fill(true);
+        }
         let mut run = Run {
             mem,
             shadow,

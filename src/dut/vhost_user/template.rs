@@ -6,8 +6,9 @@
 //! - `{socket}`: the vhost-user socket the back-end listens on (required);
 //! - `{image}`: a raw disk image file the harness creates, zeroes and reads back;
 //! - `{blockdev}`: QEMU `--blockdev` arguments for that image (several words), with a
-//!   `blkdebug` layer when the input injects faults and a `throttle` layer when it asks for
-//!   a slow disk. Only a template with `{blockdev}` gets faults and slow I/O.
+//!   `blkdebug` layer when the input injects faults; when it asks for a slow disk, a
+//!   `null-co` disk whose every request takes 2 ms and which keeps no data (the model then
+//!   checks no data). Only a template with `{blockdev}` gets faults and slow I/O.
 //!
 //! It also declares the error policy the back-end implements, so the model expects the
 //! right status: qemu-storage-daemon completes every failed request with IOERR (`report`).
@@ -22,9 +23,10 @@ use crate::dut::Fault;
 /// qemu-storage-daemon's vhost-user-blk export: the default template.
 pub const QSD: &str = "qemu-storage-daemon {blockdev} --export type=vhost-user-blk,id=export0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on,num-queues=1";
 
-/// The `--object` and `--blockdev` arguments of a slow disk: few enough I/Os per second
-/// that requests are really in flight across a stop.
-const THROTTLE_IOPS: u32 = 1000;
+/// How long each request of a slow disk takes: long enough that requests are really in
+/// flight across a stop. (QEMU's `throttle` filter lets the first requests of a burst
+/// through at once, so a short program would never wait.)
+pub const SLOW_LATENCY_NS: u64 = 2_000_000;
 
 /// A back-end command template and what its back-end promises.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,7 +142,7 @@ impl Template {
         let mut argv = Vec::new();
         for w in &self.words {
             if w == "{blockdev}" {
-                argv.extend(blockdev(image, faults.then_some(blkdebug), disk.slow));
+                argv.extend(blockdev(image, faults.then_some(blkdebug), disk));
                 continue;
             }
             argv.push(
@@ -161,46 +163,40 @@ impl Template {
     }
 }
 
-/// `--blockdev` words: file, then blkdebug and raw when faulty, then throttle when slow; the
-/// top node is `disk0`.
-fn blockdev(image: &Path, blkdebug: Option<&Path>, slow: bool) -> Vec<String> {
-    let mut nodes: Vec<(String, String)> = vec![(
-        "file0".into(),
+/// `--blockdev` words: the image file, or for a slow disk `null-co` with a latency (every
+/// request takes [`SLOW_LATENCY_NS`], data is not kept); then blkdebug and raw when faulty.
+/// The top node is `disk0`.
+fn blockdev(image: &Path, blkdebug: Option<&Path>, disk: &Disk) -> Vec<String> {
+    let base = if disk.slow {
+        format!(
+            "driver=null-co,size={},latency-ns={SLOW_LATENCY_NS},read-zeroes=on",
+            disk.sectors * crate::backend::SECTOR_SIZE
+        )
+    } else {
         format!(
             "driver=file,filename={},locking=off",
             image.display().to_string().replace(',', ",,")
-        ),
-    )];
+        )
+    };
+    let mut nodes: Vec<(&str, String)> = vec![("file0", base)];
     if let Some(config) = blkdebug {
         nodes.push((
-            "dbg0".into(),
+            "dbg0",
             format!(
                 "driver=blkdebug,config={},image=file0",
                 config.display().to_string().replace(',', ",,")
             ),
         ));
         // raw on top fires blkdebug's read_aio and write_aio events for every request.
-        nodes.push(("raw0".into(), "driver=raw,file=dbg0".into()));
-    }
-    let mut out = Vec::new();
-    if slow {
-        let below = nodes.last().map(|n| n.0.clone()).unwrap_or_default();
-        out.push("--object".into());
-        out.push(format!(
-            "throttle-group,id=tg0,x-iops-total={THROTTLE_IOPS}"
-        ));
-        nodes.push((
-            "thr0".into(),
-            format!("driver=throttle,throttle-group=tg0,file={below}"),
-        ));
+        nodes.push(("raw0", "driver=raw,file=dbg0".into()));
     }
     let last = nodes.len() - 1;
+    let mut out = Vec::new();
     for (i, (name, spec)) in nodes.iter().enumerate() {
         let name = if i == last { "disk0" } else { name };
         out.push("--blockdev".into());
         out.push(format!("{spec},node-name={name}"));
     }
-    // Nodes above refer to lower ones by their own names; the top was renamed.
     out
 }
 
@@ -345,10 +341,9 @@ mod tests {
         };
         let (argv, config) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &disk);
         let line = argv.join(" ");
-        assert!(line.contains("--blockdev driver=file,filename=/i,locking=off,node-name=file0"));
+        assert!(line.contains("--blockdev driver=null-co,size=4096,latency-ns=2000000"));
         assert!(line.contains("driver=blkdebug,config=/c,image=file0,node-name=dbg0"));
-        assert!(line.contains("driver=raw,file=dbg0,node-name=raw0"));
-        assert!(line.contains("driver=throttle,throttle-group=tg0,file=raw0,node-name=disk0"));
+        assert!(line.contains("driver=raw,file=dbg0,node-name=disk0"));
         assert!(line.contains("addr.path=/s,"));
         let config = config.unwrap();
         assert!(config.contains("iotype = \"write\"") && config.contains("errno = \"28\""));
@@ -358,6 +353,7 @@ mod tests {
             slow: false,
             ..disk
         };
+        assert!(!line.contains("/i"), "a slow disk keeps no image");
         let (argv, config) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &plain);
         assert!(argv.join(" ").contains("locking=off,node-name=disk0"));
         assert_eq!(config, None);

@@ -341,7 +341,17 @@ pub fn save_finding(
     std::fs::write(&path, input)?;
     let traced = target.run_on(device, input, true, OracleLevel::Full);
     let trace = traced.trace.map(|t| t.cut(f.step)).unwrap_or_default();
-    let rate = if deterministic(device) {
+    // Only an invariant's first saved finding is re-run: re-runs against a device in
+    // another process cost as much as exploring.
+    let first = std::fs::read_dir(dir).is_ok_and(|d| {
+        !d.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".txt")
+                && name.starts_with(&format!("{}-{}-", target.name(), f.invariant))
+        })
+    });
+    let rate = if deterministic(device) || !first {
         String::new()
     } else {
         // The run above counts too.

@@ -7,8 +7,9 @@
 //! - resume: each ring set up again from the base it returned, with kick and call sent
 //!   again (the kick eventfd keeps a kick the guest made while stopped);
 //! - device reset (status 0) and queue reset: GET_VRING_BASE, then set up anew;
-//! - migration: save the bases, start a fresh back-end on the same image, set it up stopped,
-//!   and end the old one.
+//! - migration: save the bases, connect a back-end process other than the serving one on
+//!   the same image (a fresh one, or the one an earlier migration left idle), set it up
+//!   stopped, and disconnect the old one; it is ended unless it had nothing in flight.
 //!
 //! Quiescence rule (poll): wait until every ring's used idx has caught up with the avail idx
 //! of its last kick (all kicked requests completed), then until used idx has not moved for
@@ -604,8 +605,15 @@ impl Migration for VhostUser {
             r.kicked = s.4;
             r.seen_used = self.read16(s.3 + 2);
         }
-        // The source is disconnected and its process ended: the new one serves the disk.
-        self.link = None;
+        // The source is disconnected: the new one serves the disk. It stays as the next
+        // migration's target only if it has nothing in flight that could still land.
+        let idle = (0..self.rings.len()).all(|q| {
+            let r = &self.rings[q];
+            !r.enabled || r.size == 0 || self.used_idx(q) == r.base
+        });
+        if let Some(link) = self.link.take() {
+            link.retire(&self.site, idle);
+        }
         self.broken = true;
         Ok(Box::new(dev))
     }

@@ -30,6 +30,9 @@ pub struct Site {
     pub disk: Disk,
     /// Back-ends started on it so far: names each one's socket.
     started: std::cell::Cell<u32>,
+    /// A back-end a migration left, idle and listening: the next migration connects to it
+    /// instead of starting a process (about 5 ms for QSD). Ended with the site.
+    spare: std::cell::RefCell<Option<(Process, PathBuf)>>,
 }
 
 impl Site {
@@ -41,6 +44,7 @@ impl Site {
             scratch,
             disk,
             started: std::cell::Cell::new(0),
+            spare: std::cell::RefCell::new(None),
         };
         site.zero()?;
         Ok(Rc::new(site))
@@ -75,11 +79,18 @@ pub struct Link {
     pub num_queues: u16,
     /// The guest memory its table maps, once sent.
     pub mapped: Option<Share>,
+    socket: PathBuf,
 }
 
 impl Link {
-    /// Starts a back-end from `template` on `site` and negotiates with it.
+    /// Connects to `site`'s spare back-end, or starts one from `template`, and negotiates.
     pub fn open(template: &Template, site: &Site) -> Result<Link, String> {
+        let spare = site.spare.borrow_mut().take();
+        if let Some((mut process, socket)) = spare
+            && process.death().is_none()
+        {
+            return Link::connect(process, socket);
+        }
         let n = site.started.get();
         site.started.set(n + 1);
         let socket = site.scratch.join(&format!("vhost-{n}.sock"));
@@ -90,6 +101,10 @@ impl Link {
                 .map_err(|e| format!("cannot write {}: {e}", blkdebug.display()))?;
         }
         let process = Process::spawn(&argv, &site.scratch, &socket).map_err(|e| format!("{e}"))?;
+        Link::connect(process, socket)
+    }
+
+    fn connect(process: Process, socket: PathBuf) -> Result<Link, String> {
         let stream = connect(&socket).map_err(|e| {
             format!(
                 "cannot connect to {}: {e}; the back-end's stderr:\n{}",
@@ -105,6 +120,7 @@ impl Link {
             capacity: 0,
             num_queues: 1,
             mapped: None,
+            socket,
         };
         link.negotiate().map_err(|e| link.failure(&e))?;
         Ok(link)
@@ -157,6 +173,21 @@ impl Link {
         self.fe.set_mem_table(&[region])?;
         self.mapped = Some(share);
         Ok(())
+    }
+
+    /// Disconnects. A back-end with nothing in flight (`idle`) stays running as `site`'s
+    /// spare, listening for the next front-end; any other is ended.
+    pub fn retire(self, site: &Site, idle: bool) {
+        let Link {
+            mut process,
+            fe,
+            socket,
+            ..
+        } = self;
+        drop(fe);
+        if idle && process.death().is_none() {
+            *site.spare.borrow_mut() = Some((process, socket));
+        }
     }
 
     /// What went wrong, with the back-end's own account when it died.

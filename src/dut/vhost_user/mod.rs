@@ -23,6 +23,9 @@ use link::{Link, Site};
 use template::Disk;
 pub use template::Template;
 
+/// The size of every vhost-user disk image, in sectors: the largest a program asks for.
+pub const DISK_SECTORS: u64 = 64;
+
 /// A back-end process with its disk: what a worker keeps between runs.
 pub(crate) struct Backend {
     site: Rc<Site>,
@@ -44,8 +47,10 @@ pub fn build(template: &'static Template, want: &Want) -> Result<Box<dyn Device>
     let share = want.memory.ok_or_else(|| {
         DeviceError::Build("a vhost-user device needs memfd-backed guest memory".into())
     })?;
+    // One size for every run, so a worker's back-end serves the next run too: the size is
+    // fixed when the back-end starts. The driver uses what the device describes.
     let disk = Disk {
-        sectors: want.capacity.max(1),
+        sectors: DISK_SECTORS,
         faults: if template.injects() {
             want.faults.clone()
         } else {

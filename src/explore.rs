@@ -417,7 +417,7 @@ pub fn device_args(device: DeviceKind) -> String {
             " --device vhost-user --backend '{}' --backend-policy {}{}{}",
             t.text.replace('\'', "'\\''"),
             t.policy_text(),
-            if t.reuse { "" } else { " --fresh-backend" },
+            if t.reuse { " --reuse-backend" } else { "" },
             if t.known == Default::default() && t.text == vhost_user::template::QSD {
                 " --strict"
             } else {

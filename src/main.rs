@@ -44,10 +44,12 @@ struct DeviceOpts {
     /// `write=P,read=P`.
     #[arg(long, default_value = "report")]
     backend_policy: String,
-    /// With --device vhost-user: a fresh back-end process for every input, instead of one
-    /// per worker reused where sound.
+    /// With --device vhost-user: keep one back-end process per worker for the next input
+    /// where that looks sound, instead of a fresh one per input. Measured: about 10% faster,
+    /// the same invariants found, and rare setup-time findings (3 in 1344 inputs) that do
+    /// not reproduce alone, so off by default.
     #[arg(long)]
-    fresh_backend: bool,
+    reuse_backend: bool,
     /// With --device vhost-user: also report the back-end's known, documented deviations
     /// (docs/findings/), which are let pass by default so that fuzzing gets past them.
     #[arg(long)]
@@ -62,7 +64,7 @@ impl DeviceOpts {
             DeviceArg::Reduced => DeviceKind::Reduced(self.hide),
             DeviceArg::VhostUser => {
                 let mut t = Template::parse(&self.backend, &self.backend_policy)?;
-                t.reuse = !self.fresh_backend;
+                t.reuse = self.reuse_backend;
                 if self.strict {
                     t.known = Default::default();
                 }

@@ -100,7 +100,7 @@ impl Template {
             text: text.to_string(),
             write_policy,
             read_policy,
-            reuse: true,
+            reuse: false,
             known: Known {
                 get_id_unpadded: text == QSD,
             },

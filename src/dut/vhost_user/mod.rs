@@ -6,9 +6,10 @@
 //! connection to it), [`device`] (the front-end behind the [`Device`](crate::dut::Device)
 //! boundary).
 //!
-//! Each worker thread keeps at most one idle back-end. A run that ends with the back-end
-//! alive, every ring stopped and nothing in flight hands it back, and the next run with the
-//! same disk (size, faults, speed) takes it, with its image zeroed. Anything else ends it.
+//! With [`Template::reuse`] (`--reuse-backend`), each worker keeps at most one idle
+//! back-end: a run that ends with the back-end alive, every ring stopped and nothing in
+//! flight hands it back, and the next run with the same disk (faults, speed) takes it,
+//! with its image zeroed. Anything else ends it. Off by default (README).
 
 pub mod device;
 pub mod link;

@@ -236,12 +236,19 @@ impl Engine {
                     .into_iter()
                     .map(|p| (p.start, (p.end - p.start) as u32)),
             );
+            const ZEROS: [u8; 4096] = [0; 4096];
             for (addr, len) in unlogged {
-                let _ = vm_memory::Bytes::write_slice(
-                    self.mem.mem(),
-                    &vec![0; len as usize],
-                    vm_memory::GuestAddress(addr),
-                );
+                let end = addr + u64::from(len);
+                let mut at = addr;
+                while at < end {
+                    let n = (end - at).min(ZEROS.len() as u64);
+                    let _ = vm_memory::Bytes::write_slice(
+                        self.mem.mem(),
+                        &ZEROS[..n as usize],
+                        vm_memory::GuestAddress(at),
+                    );
+                    at += n;
+                }
             }
             shadow.reset();
         }
@@ -283,6 +290,8 @@ pub struct Run<'m> {
     last_events: Events,
     /// Interrupts of the last device call that no used-idx movement explains.
     last_undue: u32,
+    /// A stop stood during a call and all of memory has not been diffed since.
+    stop_unscanned: bool,
     /// The device runs from a snapshot the driver did not make: its rings and buffers are
     /// wherever the snapshot says, so only the ring-independent checks apply.
     foreign: bool,

@@ -32,9 +32,12 @@ impl Run<'_> {
         if diff {
             self.sync_shadow();
         }
+        let asked = self.stops;
+        if diff {
+            self.stopped_span(asked.stopped())?;
+        }
         let cp = self.mem.checkpoint();
         let submitted = self.disk.submitted();
-        let asked = self.stops;
         let before = self.checks.then(|| {
             let used = self.used_before();
             self.view(used)
@@ -71,7 +74,7 @@ impl Run<'_> {
         }
         // Diffed after used idx is read: a device in another process writes a request's
         // buffers before its used entry, so they are never seen after the model let go of it.
-        let writes = self.device_writes(cp, asked.stopped());
+        let writes = self.device_writes(cp);
         if diff {
             self.synced = self.mem.checkpoint();
         }
@@ -192,19 +195,41 @@ impl Run<'_> {
         view
     }
 
+    /// Seen as a diff, a stop's writes outside the pages the driver uses show only in all of
+    /// memory: compared once, at the first call after the stop ended (no call ran since the
+    /// last stopped one, so whatever differs was written while stopped).
+    fn stopped_span(&mut self, stopped: bool) -> Check {
+        if stopped {
+            self.stop_unscanned = true;
+            return Ok(());
+        }
+        if !std::mem::take(&mut self.stop_unscanned) {
+            return Ok(());
+        }
+        let writes = match self.shadow.as_mut() {
+            Some(shadow) => {
+                let everything = shadow.everything();
+                shadow.diff(self.mem, &[everything])
+            }
+            None => Vec::new(),
+        };
+        self.synced = self.mem.checkpoint();
+        let activity = Activity {
+            writes: writes.len(),
+            ..Activity::default()
+        };
+        always::quiet_when_stopped(true, activity)
+    }
+
     /// What the device wrote since `cp`, as far as it lets the harness see (checks only).
-    /// Seen as a diff, a stopped device's writes are looked for in all of memory.
-    fn device_writes(&mut self, cp: Checkpoint, stopped: bool) -> Vec<(u64, u32)> {
+    fn device_writes(&mut self, cp: Checkpoint) -> Vec<(u64, u32)> {
         if !self.checks {
             return Vec::new();
         }
         match self.caps.writes {
             WriteObservation::Exact => self.mem.writes_since(cp).collect(),
             WriteObservation::Diff => {
-                let pages = match (stopped, self.shadow.as_ref()) {
-                    (true, Some(shadow)) => vec![shadow.everything()],
-                    _ => self.driver.pages_in_use(),
-                };
+                let pages = self.driver.pages_in_use();
                 match self.shadow.as_mut() {
                     Some(shadow) => shadow.diff(self.mem, &pages),
                     None => Vec::new(),

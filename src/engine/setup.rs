@@ -124,6 +124,7 @@ impl<'m> Run<'m> {
             trace: traced.then(Trace::default),
             last_events: Events::default(),
             last_undue: 0,
+            stop_unscanned: false,
             foreign: false,
             polling: false,
             checks,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
-use crate::dut::DeviceKind;
+use crate::dut::{DeviceKind, vhost_user};
 use crate::engine::{Finding, OracleLevel, Outcome, Report, Scenarios};
 use crate::oracle::Invariant;
 use crate::oracle::skipped::Skip;
@@ -341,8 +341,33 @@ pub fn save_finding(
     std::fs::write(&path, input)?;
     let traced = target.run_on(device, input, true, OracleLevel::Full);
     let trace = traced.trace.map(|t| t.cut(f.step)).unwrap_or_default();
+    // Only an invariant's first saved finding is re-run: re-runs against a device in
+    // another process cost as much as exploring.
+    let first = std::fs::read_dir(dir).is_ok_and(|d| {
+        !d.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".txt")
+                && name.starts_with(&format!("{}-{}-", target.name(), f.invariant))
+        })
+    });
+    let rate = if deterministic(device) || !first {
+        String::new()
+    } else {
+        // The run above counts too.
+        let again = matches!(&traced.outcome, Outcome::Finding(g) if g.invariant == f.invariant);
+        let hits = reproductions(
+            target,
+            device,
+            input,
+            f.invariant,
+            REPRO_RUNS - 1,
+            OracleLevel::Full,
+        );
+        format!("reproduced: {}/{REPRO_RUNS}\n", hits + u32::from(again))
+    };
     let report = format!(
-        "target: {}\ndevice: {device}\ninvariant: {}\nstep: {}\n{}\n\nreplay: cargo run --release -- replay --target {}{} {}\n\n{}",
+        "target: {}\ndevice: {device}\ninvariant: {}\nstep: {}\n{}\n{rate}\nreplay: cargo run --release -- replay --target {}{} {}\n\n{}",
         target.name(),
         f.invariant,
         f.step,
@@ -356,11 +381,49 @@ pub fn save_finding(
     Ok(path)
 }
 
+/// Re-runs of a finding against a device that is not deterministic.
+pub const REPRO_RUNS: u32 = 20;
+
+/// Whether the same input always gives the same run on `device`.
+pub fn deterministic(device: DeviceKind) -> bool {
+    !matches!(device, DeviceKind::VhostUser(_))
+}
+
+/// How many of `runs` re-runs of `input` find `invariant` again.
+pub fn reproductions(
+    target: Target,
+    device: DeviceKind,
+    input: &[u8],
+    invariant: Invariant,
+    runs: u32,
+    oracle: OracleLevel,
+) -> u32 {
+    (0..runs)
+        .filter(|_| {
+            matches!(
+                target.run_on(device, input, false, oracle).outcome,
+                Outcome::Finding(f) if f.invariant == invariant
+            )
+        })
+        .count() as u32
+}
+
 /// The command-line arguments that select `device` (empty for the reference).
 pub fn device_args(device: DeviceKind) -> String {
     match device {
         DeviceKind::Reference => String::new(),
         DeviceKind::Reduced(hidden) => format!(" --device reduced --hide {}", hidden.names()),
+        DeviceKind::VhostUser(t) => format!(
+            " --device vhost-user --backend '{}' --backend-policy {}{}{}",
+            t.text.replace('\'', "'\\''"),
+            t.policy_text(),
+            if t.reuse { " --reuse-backend" } else { "" },
+            if t.known == Default::default() && t.text == vhost_user::template::QSD {
+                " --strict"
+            } else {
+                ""
+            }
+        ),
     }
 }
 

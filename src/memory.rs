@@ -12,6 +12,10 @@
 //!   fresh mmap plus first-touch page faults costs far more than a whole execution, and so
 //!   does a full memset; `reset` zeroes only the logged bytes (harness writes included).
 //!
+//! [`GuestMem::shared`] backs the region with a memfd mapped `MAP_SHARED`, so a device in
+//! another process (a vhost-user back-end) can map the same memory ([`GuestMem::share`]).
+//! Its writes bypass the log; the harness sees them only by diffing (`shadow`).
+//!
 //! Blind spot: writes through raw pointers (`as_ptr`, `get_host_address`,
 //! `ptr_guard_mut`, `get_atomic_ref`) bypass the bitmap and are neither seen nor undone by
 //! `reset`. The harness itself must write guest memory only through `Bytes`.
@@ -38,9 +42,8 @@ pub const MAX_MEM_SIZE: u64 = 1 << 32;
 
 const PAGE_SIZE: usize = 4096;
 
-/// `PROT_READ | PROT_WRITE` (1 | 2, the same on every Linux architecture). The builder's
-/// default protection is `PROT_NONE`, unlike `from_ranges`; `libc` is not a dependency here.
-const PROT_READ_WRITE: i32 = 0x1 | 0x2;
+/// The builder's default protection is `PROT_NONE`, unlike `from_ranges`.
+const PROT_READ_WRITE: i32 = libc::PROT_READ | libc::PROT_WRITE;
 
 /// Source buffer for zeroing guest memory through the tracked write path.
 static ZEROS: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
@@ -206,6 +209,21 @@ pub enum GuestMemError {
     /// vm-memory would not build a memory from the region.
     #[error("cannot build guest memory: {0}")]
     Collection(#[from] GuestRegionCollectionError),
+    /// The memfd could not be created or sized.
+    #[error("cannot create a memfd for guest memory: {0}")]
+    Memfd(std::io::Error),
+}
+
+/// How another process maps a [`GuestMem`] made by [`GuestMem::shared`]: what a vhost-user
+/// SET_MEM_TABLE carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The memfd; valid as long as the `GuestMem` lives.
+    pub fd: std::os::fd::RawFd,
+    /// Bytes, from guest address 0.
+    pub size: u64,
+    /// Where this process has it mapped (the front-end's virtual address of guest address 0).
+    pub host_addr: u64,
 }
 
 /// One region of tracked guest memory at guest address 0, reused across executions.
@@ -239,6 +257,32 @@ impl GuestMem {
         let mapping = MmapRegionBuilder::new_with_bitmap(size, WriteLog::with_capacity(capacity))
             .with_mmap_prot(PROT_READ_WRITE)
             .build()?;
+        Self::from_mapping(mapping)
+    }
+
+    /// Like [`try_with_log_capacity`](Self::try_with_log_capacity), backed by a memfd mapped
+    /// shared, so that [`share`](Self::share) can hand it to another process.
+    pub fn shared(size: usize, capacity: usize) -> Result<Self, GuestMemError> {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size as u64 > MAX_MEM_SIZE {
+            return Err(GuestMemError::InvalidSize(size));
+        }
+        // SAFETY: a NUL-terminated name and valid flags; the fd is checked below.
+        let fd = unsafe { libc::memfd_create(c"stopfuzz-guest".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(GuestMemError::Memfd(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(size as u64).map_err(GuestMemError::Memfd)?;
+        let mapping = MmapRegionBuilder::new_with_bitmap(size, WriteLog::with_capacity(capacity))
+            .with_mmap_prot(PROT_READ_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .with_file_offset(vm_memory::FileOffset::new(file, 0))
+            .build()?;
+        Self::from_mapping(mapping)
+    }
+
+    fn from_mapping(mapping: MmapRegion<WriteLog>) -> Result<Self, GuestMemError> {
         let region =
             GuestRegionMmap::new(mapping, GuestAddress(0)).ok_or(GuestMemError::RegionPlacement)?;
         let mapping = region.get_mmap();
@@ -247,6 +291,16 @@ impl GuestMem {
             mem,
             region: mapping,
             generation: 0,
+        })
+    }
+
+    /// How another process maps this memory, if it was made by [`shared`](Self::shared).
+    pub fn share(&self) -> Option<Share> {
+        let file = self.region.file_offset()?;
+        Some(Share {
+            fd: std::os::fd::AsRawFd::as_raw_fd(file.file()),
+            size: self.region.size() as u64,
+            host_addr: self.region.as_ptr() as u64,
         })
     }
 
@@ -572,6 +626,29 @@ mod tests {
         );
         log.mark_dirty(usize::MAX, usize::MAX);
         assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn shared_memory_is_seen_through_its_fd_and_logged_like_private() {
+        use std::os::unix::fs::FileExt;
+        let gm = GuestMem::shared(MEM_SIZE, 16).unwrap();
+        let share = gm.share().expect("a memfd-backed memory shares");
+        assert_eq!(share.size, MEM_SIZE as u64);
+        let cp = gm.checkpoint();
+        gm.mem().write_slice(&[7, 8], GuestAddress(0x1234)).unwrap();
+        assert_eq!(writes(&gm, cp), [(0x1234, 2)]);
+        // Another mapping of the fd (as a back-end has) sees the bytes, and its writes show
+        // in ours without a log entry.
+        // SAFETY: `share.fd` is open while `gm` lives; the File is forgotten, not closed.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(share.fd) };
+        let mut buf = [0u8; 2];
+        file.read_exact_at(&mut buf, 0x1234).unwrap();
+        file.write_all_at(&[9], 0x2000).unwrap();
+        std::mem::forget(file);
+        assert_eq!(buf, [7, 8]);
+        assert_eq!(gm.mem().read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 9);
+        assert_eq!(gm.log().len(), 1);
+        assert!(GuestMem::new(MEM_SIZE).share().is_none());
     }
 
     #[test]

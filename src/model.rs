@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::backend::{Io, IoError, IoTag, SECTOR_SIZE};
 use crate::contract::{ErrorPolicy, Reaction};
+use crate::dut::Fault;
 use crate::program::ReqType;
 use crate::virtio::{BLK_S_IOERR, BLK_S_OK, BLK_S_UNSUPP};
 
@@ -124,6 +125,8 @@ pub struct Model {
     pub uncertain: Vec<bool>,
     /// The device does its own disk I/O: a write dropped by a reset may still land.
     pub io_unseen: bool,
+    /// The faults a device that does its own I/O injects.
+    pub faults: Vec<Fault>,
     /// What a failed write or flush does.
     pub write_policy: ErrorPolicy,
     /// What a failed read does.
@@ -140,6 +143,8 @@ pub struct Model {
     /// The step of a retry point (heal or resume) that no poll able to run I/O has
     /// consumed yet.
     pub retry_point: Option<usize>,
+    /// Leading bytes of the GET_ID answer that are checked.
+    pub id_checked: usize,
 }
 
 impl Model {
@@ -158,6 +163,7 @@ impl Model {
             disk: vec![0; (disk_sectors * SECTOR_SIZE) as usize],
             uncertain: vec![false; disk_sectors as usize],
             io_unseen: false,
+            faults: Vec::new(),
             write_policy,
             read_policy,
             flush,
@@ -165,6 +171,7 @@ impl Model {
             fetches: 0,
             parked: Vec::new(),
             retry_point: None,
+            id_checked: device_id.len(),
         }
     }
 
@@ -259,9 +266,20 @@ impl Model {
     }
 
     /// For a device that does its own disk I/O, seen only when the request completes: its
-    /// I/O ran, and with no fault injected, succeeded.
+    /// I/O ran, and failed where an injected fault covers it.
     pub fn external_io_done(&mut self, id: ReqId) {
-        self.attempt_ended(id, Ok(()));
+        let r = &self.requests[id];
+        let write = match r.kind {
+            ReqType::Write => true,
+            ReqType::Read => false,
+            _ => return self.attempt_ended(id, Ok(())),
+        };
+        let hit = self
+            .faults
+            .iter()
+            .find(|f| f.write == write && r.sectors().contains(&f.sector));
+        let result = hit.map_or(Ok(()), |f| Err(f.error));
+        self.attempt_ended(id, result);
     }
 
     fn attempt_ended(&mut self, id: ReqId, result: Result<(), IoError>) {
@@ -314,7 +332,10 @@ impl Model {
             data,
         };
         match r.kind {
-            ReqType::GetId => return Ok(ok(21, Some(self.device_id.to_vec()))),
+            ReqType::GetId => {
+                let checked = &self.device_id[..self.id_checked.min(self.device_id.len())];
+                return Ok(ok(21, Some(checked.to_vec())));
+            }
             ReqType::Flush if !self.flush => {
                 return Ok(Expected {
                     status: BLK_S_UNSUPP,

@@ -64,37 +64,64 @@ impl Shadow {
     /// The byte runs in `ranges` that differ from the copy, as `(address, length)`; the
     /// copy takes them in.
     pub fn diff(&mut self, mem: &GuestMem, ranges: &[Range<u64>]) -> Vec<(u64, u32)> {
-        let mut found = Vec::new();
+        let mut found: Vec<(u64, u32)> = Vec::new();
+        // A page at a time: the chunk stays in cache for the comparison, and only pages that
+        // differ are copied in. (Whole-memory diffs are most of a remote run's CPU.)
+        self.buf.resize(PAGE, 0);
         for r in ranges {
             let (start, end) = (r.start as usize, (r.end as usize).min(self.copy.len()));
-            if start >= end {
-                continue;
-            }
-            self.buf.resize(end - start, 0);
-            if mem
-                .mem()
-                .read_slice(&mut self.buf, GuestAddress(r.start))
-                .is_err()
-                || self.buf[..] == self.copy[start..end]
-            {
-                continue;
-            }
-            let mut i = 0;
-            while i < self.buf.len() {
-                if self.buf[i] == self.copy[start + i] {
-                    i += 1;
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(PAGE - at % PAGE);
+                if unchanged(mem, at, &self.copy[at..at + n]) {
+                    at += n;
                     continue;
                 }
-                let run = i;
-                while i < self.buf.len() && self.buf[i] != self.copy[start + i] {
-                    i += 1;
+                let buf = &mut self.buf[..n];
+                if mem.mem().read_slice(buf, GuestAddress(at as u64)).is_err() {
+                    at += n;
+                    continue;
                 }
-                found.push(((start + run) as u64, (i - run) as u32));
+                let mut i = 0;
+                while i < n {
+                    if buf[i] == self.copy[at + i] {
+                        i += 1;
+                        continue;
+                    }
+                    let run = i;
+                    while i < n && buf[i] != self.copy[at + i] {
+                        i += 1;
+                    }
+                    let addr = (at + run) as u64;
+                    let len = (i - run) as u32;
+                    // A run that goes on from the previous page is one run.
+                    match found.last_mut() {
+                        Some(last) if last.0 + u64::from(last.1) == addr => last.1 += len,
+                        _ => found.push((addr, len)),
+                    }
+                }
+                self.copy[at..at + n].copy_from_slice(buf);
+                self.mark(at, at + n);
+                at += n;
             }
-            self.copy[start..end].copy_from_slice(&self.buf);
-            self.mark(start, end);
         }
         found
+    }
+
+    /// The pages the copy may hold non-zero bytes in: every byte of memory the copy took in
+    /// lies in one of them.
+    pub fn dirty_pages(&self) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        for (word, &bits) in self.dirty.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let page = (word * 64 + bits.trailing_zeros() as usize) as u64;
+                bits &= bits - 1;
+                let start = page * PAGE as u64;
+                out.push(start..(start + PAGE as u64).min(self.copy.len() as u64));
+            }
+        }
+        out
     }
 
     /// All of memory.
@@ -114,6 +141,20 @@ impl Shadow {
             }
         }
     }
+}
+
+/// Whether guest memory at `at` still equals `copy`, compared in place: most of memory is
+/// unchanged, and copying it out first doubled the cost.
+fn unchanged(mem: &GuestMem, at: usize, copy: &[u8]) -> bool {
+    use vm_memory::GuestMemoryBackend;
+    let Ok(slice) = mem.mem().get_slice(GuestAddress(at as u64), copy.len()) else {
+        return false;
+    };
+    // SAFETY: `slice` is a live, in-bounds mapping of `copy.len()` bytes, valid while `mem`
+    // is borrowed. Another process may write it meanwhile: the comparison may then see
+    // either value, and a page that differs is read again through vm-memory.
+    let now = unsafe { std::slice::from_raw_parts(slice.ptr_guard().as_ptr(), copy.len()) };
+    now == copy
 }
 
 #[cfg(test)]

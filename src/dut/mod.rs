@@ -11,17 +11,19 @@
 //! The oracle uses whatever a device offers and lists every check it had to skip
 //! (`oracle::skipped`); a check never passes because its input was missing.
 //!
-//! Implementations: [`reference`] (the in-process reference device) and [`reduced`] (the
-//! reference behind a wrapper that hides capabilities, standing in for a remote device).
+//! Implementations: [`reference`] (the in-process reference device), [`reduced`] (the
+//! reference behind a wrapper that hides capabilities, standing in for a remote device) and
+//! [`vhost_user`] (a front-end driving a back-end in another process).
 
 pub mod reduced;
 pub mod reference;
+pub mod vhost_user;
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, IoError};
 use crate::contract::Contract;
-use crate::memory::WriteLog;
+use crate::memory::{Share, WriteLog};
 use crate::program::MAX_QUEUES;
 
 /// What a device reaches while it runs: guest memory, and the disk the harness controls.
@@ -43,6 +45,24 @@ pub struct Want {
     pub capacity: u64,
     /// The contract the program declares.
     pub contract: Contract,
+    /// The guest memory, when another process can map it.
+    pub memory: Option<Share>,
+    /// Disk faults, for a device that does its own I/O and can inject them.
+    pub faults: Vec<Fault>,
+    /// A slow disk, so that requests are in flight across a stop.
+    pub slow: bool,
+}
+
+/// A disk fault a device that does its own I/O is built with: every read (or write) that
+/// touches `sector` fails with `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Writes fail (else reads).
+    pub write: bool,
+    /// The sector, below the disk's capacity.
+    pub sector: u64,
+    /// How they fail.
+    pub error: IoError,
 }
 
 /// What a device is, read from the device: the harness expects what this says, never what
@@ -61,6 +81,13 @@ pub struct Description {
     pub device_id: [u8; crate::virtio::ID_BYTES],
     /// The contract the device keeps.
     pub contract: Contract,
+    /// The disk faults it really injects.
+    pub faults: Vec<Fault>,
+    /// Leading bytes of the GET_ID answer the oracle compares: all of them, or fewer for a
+    /// device with a known, documented deviation (docs/findings/) the user let pass.
+    pub id_checked: usize,
+    /// The disk keeps what is written. A latency-only disk does not: no data is checked.
+    pub keeps_data: bool,
 }
 
 /// How the harness sees what a device writes to guest memory.
@@ -94,6 +121,8 @@ pub struct Capabilities {
     pub disk: DiskControl,
     /// The same calls always give the same results. A remote device is not.
     pub deterministic: bool,
+    /// It does its own I/O and injects the faults [`Want::faults`] asks for.
+    pub faults: bool,
 }
 
 /// What a device signalled since the last [`Device::take_events`].
@@ -205,6 +234,11 @@ pub trait Device {
     fn disk_image(&self) -> Option<Vec<u8>> {
         None
     }
+    /// Why the device stopped working (a back-end process crashed, exited, panicked or
+    /// broke the connection), once; a `no-panic` finding.
+    fn failure(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// The VMM's side: stops invisible to the guest, and retries after a storage fix.
@@ -305,14 +339,18 @@ pub enum DeviceKind {
     Reference,
     /// The reference device with these capabilities hidden.
     Reduced(reduced::Hidden),
+    /// A vhost-user back-end started from this template.
+    VhostUser(&'static vhost_user::Template),
 }
 
 impl Factory for DeviceKind {
     fn build(&self, want: &Want) -> Result<Box<dyn Device>, DeviceError> {
-        let reference = reference::build(want)?;
         Ok(match *self {
-            DeviceKind::Reference => reference,
-            DeviceKind::Reduced(hidden) => Box::new(reduced::Reduced::new(reference, hidden)),
+            DeviceKind::Reference => reference::build(want)?,
+            DeviceKind::Reduced(hidden) => {
+                Box::new(reduced::Reduced::new(reference::build(want)?, hidden))
+            }
+            DeviceKind::VhostUser(template) => vhost_user::build(template, want)?,
         })
     }
 }
@@ -322,6 +360,7 @@ impl std::fmt::Display for DeviceKind {
         match self {
             DeviceKind::Reference => f.write_str("reference"),
             DeviceKind::Reduced(hidden) => write!(f, "reduced({hidden})"),
+            DeviceKind::VhostUser(t) => write!(f, "vhost-user({})", t.text),
         }
     }
 }

@@ -153,6 +153,7 @@ impl Device for Reduced {
                 inner.disk
             },
             deterministic: inner.deterministic,
+            faults: false,
         }
     }
 
@@ -229,6 +230,10 @@ impl Device for Reduced {
         } else {
             self.inner.snapshot_inspection()
         }
+    }
+
+    fn failure(&mut self) -> Option<String> {
+        self.inner.failure()
     }
 
     fn disk_image(&self) -> Option<Vec<u8>> {

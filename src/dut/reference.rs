@@ -50,6 +50,9 @@ impl Device for BlkDevice {
                 write_policy: c.write_policy,
                 read_policy: c.read_policy,
             },
+            faults: Vec::new(),
+            id_checked: crate::virtio::ID_BYTES,
+            keeps_data: true,
         }
     }
 
@@ -58,6 +61,7 @@ impl Device for BlkDevice {
             writes: WriteObservation::Exact,
             disk: DiskControl::Harness,
             deterministic: true,
+            faults: false,
         }
     }
 

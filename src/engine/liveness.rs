@@ -31,7 +31,9 @@ impl Run<'_> {
                 .copied()
                 .filter(|id| !still.contains(id))
                 .collect();
-            self.check(|| conforming::kick_kept(&self.model, &needed_kick))?;
+            if !self.offered.remote {
+                self.check(|| conforming::kick_kept(&self.model, &needed_kick))?;
+            }
             self.check(|| conforming::live(&self.model, &still))?;
         }
         let image = self.disk_image();

@@ -173,7 +173,9 @@ impl Engine {
     /// An engine with fresh guest memory and the full oracle.
     pub fn new() -> Self {
         Engine {
-            mem: GuestMem::new(MEM_SIZE),
+            // Shared, so a device in another process can map it too.
+            mem: GuestMem::shared(MEM_SIZE, crate::memory::DEFAULT_LOG_CAPACITY)
+                .unwrap_or_else(|_| GuestMem::new(MEM_SIZE)),
             shadow: None,
             oracle: OracleLevel::Full,
         }
@@ -205,7 +207,8 @@ impl Engine {
             traced,
             checks,
         ) {
-            Err(v) => (steps::setup_failure(v, traced), false),
+            // A device in another process may have written before setup failed.
+            Err(v) => (steps::setup_failure(v, traced), self.shadow.is_some()),
             Ok(mut run) => {
                 let mut result = run.execute(&program.ops);
                 if let (Ok(()), Some(edit)) = (&result, edit) {
@@ -227,14 +230,29 @@ impl Engine {
     /// the coverage a fuzzer sees, depend on its own input alone.
     fn clean(&mut self, diffed: bool) {
         if let (true, Some(shadow)) = (diffed, self.shadow.as_mut()) {
-            // Writes the log never saw (a device in another process) are zeroed by hand.
+            // Writes the log never saw (a device in another process) are zeroed by hand:
+            // those since the last diff, and those earlier diffs took into the copy.
             let everything = shadow.everything();
-            for (addr, len) in shadow.diff(&self.mem, &[everything]) {
-                let _ = vm_memory::Bytes::write_slice(
-                    self.mem.mem(),
-                    &vec![0; len as usize],
-                    vm_memory::GuestAddress(addr),
-                );
+            let mut unlogged = shadow.diff(&self.mem, &[everything]);
+            unlogged.extend(
+                shadow
+                    .dirty_pages()
+                    .into_iter()
+                    .map(|p| (p.start, (p.end - p.start) as u32)),
+            );
+            const ZEROS: [u8; 4096] = [0; 4096];
+            for (addr, len) in unlogged {
+                let end = addr + u64::from(len);
+                let mut at = addr;
+                while at < end {
+                    let n = (end - at).min(ZEROS.len() as u64);
+                    let _ = vm_memory::Bytes::write_slice(
+                        self.mem.mem(),
+                        &ZEROS[..n as usize],
+                        vm_memory::GuestAddress(at),
+                    );
+                    at += n;
+                }
             }
             shadow.reset();
         }
@@ -274,6 +292,10 @@ pub struct Run<'m> {
     trace: Option<Trace>,
     /// Events of the last device call.
     last_events: Events,
+    /// Interrupts of the last device call that no used-idx movement explains.
+    last_undue: u32,
+    /// A stop stood during a call and all of memory has not been diffed since.
+    stop_unscanned: bool,
     /// The device runs from a snapshot the driver did not make: its rings and buffers are
     /// wherever the snapshot says, so only the ring-independent checks apply.
     foreign: bool,

@@ -32,9 +32,12 @@ impl Run<'_> {
         if diff {
             self.sync_shadow();
         }
+        let asked = self.stops;
+        if diff {
+            self.stopped_span(asked.stopped())?;
+        }
         let cp = self.mem.checkpoint();
         let submitted = self.disk.submitted();
-        let asked = self.stops;
         let before = self.checks.then(|| {
             let used = self.used_before();
             self.view(used)
@@ -45,10 +48,6 @@ impl Run<'_> {
                 disk: &mut self.disk,
             };
             f(self.dev.as_mut(), &mut env);
-        }
-        let writes = self.device_writes(cp);
-        if diff {
-            self.synced = self.mem.checkpoint();
         }
         let events = self.dev.take_events();
         self.last_events = events;
@@ -72,6 +71,16 @@ impl Run<'_> {
                 _ => self.driver.used_idx(self.mem.mem(), q),
             };
             self.used_seen[i] = Some(used[i]);
+        }
+        // Diffed after used idx is read: a device in another process writes a request's
+        // buffers before its used entry, so they are never seen after the model let go of it.
+        let writes = self.device_writes(cp);
+        if diff {
+            self.synced = self.mem.checkpoint();
+        }
+        // A device that died is reported as such, ahead of what its death looks like.
+        if let Some(why) = self.dev.failure() {
+            return Err(crate::oracle::always::device_failed(why));
         }
         self.observe(before, &asked, used, &writes, events, &new_io)
     }
@@ -205,6 +214,32 @@ impl Run<'_> {
             view.avail[i] = dq.published;
         }
         view
+    }
+
+    /// Seen as a diff, a stop's writes outside the pages the driver uses show only in all of
+    /// memory: compared once, at the first call after the stop ended (no call ran since the
+    /// last stopped one, so whatever differs was written while stopped).
+    fn stopped_span(&mut self, stopped: bool) -> Check {
+        if stopped {
+            self.stop_unscanned = true;
+            return Ok(());
+        }
+        if !std::mem::take(&mut self.stop_unscanned) {
+            return Ok(());
+        }
+        let writes = match self.shadow.as_mut() {
+            Some(shadow) => {
+                let everything = shadow.everything();
+                shadow.diff(self.mem, &[everything])
+            }
+            None => Vec::new(),
+        };
+        self.synced = self.mem.checkpoint();
+        let activity = Activity {
+            writes: writes.len(),
+            ..Activity::default()
+        };
+        always::quiet_when_stopped(true, activity)
     }
 
     /// What the device wrote since `cp`, as far as it lets the harness see (checks only).
@@ -349,9 +384,22 @@ impl Run<'_> {
         let (Some(before), Some(after)) = (before, after) else {
             return Ok(());
         };
+        self.last_undue = events.config;
         for q in 0..self.queues() {
             let i = usize::from(q);
             let moved = used[i] != before.used[i];
+            // A device completing on its own time decides per used entry; with EVENT_IDX
+            // only one decision can cross `used_event`.
+            let decisions = if self.caps.deterministic
+                || (self.driver.has(F_EVENT_IDX) && self.signal_valid[i])
+            {
+                1
+            } else {
+                u32::from(used[i].wrapping_sub(before.used[i]))
+            };
+            if !moved {
+                self.last_undue += events.used[i];
+            }
             let expected = !self.signal_valid[i]
                 || conforming::notification_due(
                     &self.driver,
@@ -360,7 +408,7 @@ impl Run<'_> {
                     before.used[i],
                     used[i],
                 );
-            conforming::notify(q, moved, expected, events.used[i])?;
+            conforming::notify(q, moved, expected, events.used[i], decisions)?;
             if moved {
                 self.signal_valid[i] = true;
             }

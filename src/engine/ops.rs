@@ -23,14 +23,25 @@ impl Run<'_> {
             return self.apply_hostile(op);
         }
         let nq = self.queues();
-        if self.caps.disk == DiskControl::External
-            && matches!(
-                op,
-                Op::Complete { .. } | Op::Fail { .. } | Op::DiskFull | Op::Heal
-            )
-        {
-            self.note(|| "skipped: the device does its own disk I/O".into());
-            return Ok(());
+        if self.caps.disk == DiskControl::External {
+            match *op {
+                // A device on its own time: let its disk run a little.
+                Op::Complete { pick } if !self.caps.deterministic => {
+                    let us = 50 * u64::from(pick % 4);
+                    std::thread::sleep(std::time::Duration::from_micros(us));
+                    self.note(|| format!("waited {us} µs for the device's disk"));
+                    return Ok(());
+                }
+                Op::Fail { .. } | Op::DiskFull if self.caps.faults => {
+                    self.note(|| "built into the device's disk at setup".into());
+                    return Ok(());
+                }
+                Op::Complete { .. } | Op::Fail { .. } | Op::DiskFull | Op::Heal => {
+                    self.note(|| "skipped: the device does its own disk I/O".into());
+                    return Ok(());
+                }
+                _ => {}
+            }
         }
         match *op {
             Op::Submit {
@@ -159,6 +170,12 @@ impl Run<'_> {
     ) -> Check {
         if self.driver_stopping() && !force {
             self.note(|| "skipped: the driver has stopped the device".into());
+            return Ok(());
+        }
+        // What a device does with a FLUSH it never offered is the reference's choice
+        // (UNSUPP), not the spec's: a third-party device is not held to it.
+        if req == ReqType::Flush && !self.driver.has(F_FLUSH) && !self.caps.deterministic {
+            self.note(|| "skipped: FLUSH not negotiated".into());
             return Ok(());
         }
         let disk = self.desc.capacity;

@@ -5,12 +5,13 @@ use crate::backend::MemDisk;
 use crate::contract::Contract;
 use crate::driver::Driver;
 use crate::driver::layout::MEM_SIZE;
+use crate::dut::Fault;
 use crate::dut::{Events, Factory, Want, WriteObservation};
 use crate::memory::GuestMem;
 use crate::model::Model;
 use crate::oracle::skipped::Offered;
 use crate::oracle::{Check, Violation, conforming};
-use crate::program::{MAX_QUEUES, Program};
+use crate::program::{MAX_QUEUES, Op, Program};
 use crate::shadow::Shadow;
 use crate::stops::Stops;
 use crate::trace::{Digest, Trace};
@@ -27,14 +28,18 @@ impl<'m> Run<'m> {
         checks: bool,
     ) -> Result<Self, Violation> {
         let cfg = program.config.clone();
+        let capacity = u64::from(cfg.disk_sectors);
         let want = Want {
             queues: u16::from(cfg.queues),
-            capacity: u64::from(cfg.disk_sectors),
+            capacity,
             contract: Contract {
                 inflight: cfg.inflight,
                 write_policy: cfg.write_policy,
                 read_policy: cfg.read_policy,
             },
+            memory: mem.share(),
+            faults: faults(&program.ops, capacity),
+            slow: program.ops.contains(&Op::DiskFull),
         };
         let mut dev = factory
             .build(&want)
@@ -66,6 +71,7 @@ impl<'m> Run<'m> {
             introspection: dev.introspection().is_some(),
             snapshot_inspection: dev.snapshot_inspection().is_some(),
             driver_stop: features & trigger != 0,
+            remote: !caps.deterministic,
         };
         let start = if dev.ring_base().is_some() {
             cfg.start_index
@@ -88,6 +94,11 @@ impl<'m> Run<'m> {
             desc.device_id,
         );
         model.io_unseen = caps.disk == crate::dut::DiskControl::External;
+        model.faults = desc.faults.clone();
+        model.id_checked = desc.id_checked;
+        if !desc.keeps_data {
+            model.uncertain.fill(true);
+        }
         let mut run = Run {
             mem,
             shadow,
@@ -112,6 +123,8 @@ impl<'m> Run<'m> {
             digest: Digest::default(),
             trace: traced.then(Trace::default),
             last_events: Events::default(),
+            last_undue: 0,
+            stop_unscanned: false,
             foreign: false,
             polling: false,
             checks,
@@ -158,4 +171,30 @@ impl<'m> Run<'m> {
             d.queue_enable(q);
         })
     }
+}
+
+/// Most faults one device is built with.
+const MAX_FAULTS: usize = 4;
+
+/// The faults a device that does its own I/O is built with, one per `Fail` op: `pick` bit 7
+/// picks reads (else writes), bits 0-6 the sector (modulo the disk).
+fn faults(ops: &[Op], capacity: u64) -> Vec<Fault> {
+    let mut out: Vec<Fault> = Vec::new();
+    for op in ops {
+        if let Op::Fail { pick, error } = *op {
+            let fault = Fault {
+                write: pick & 0x80 == 0,
+                sector: u64::from(pick & 0x7f) % capacity.max(1),
+                error,
+            };
+            if out.len() < MAX_FAULTS
+                && !out
+                    .iter()
+                    .any(|f| f.write == fault.write && f.sector == fault.sector)
+            {
+                out.push(fault);
+            }
+        }
+    }
+    out
 }

@@ -78,6 +78,12 @@ pub fn write_confined(writes: &[(u64, u32)], allowed: &[Range<u64>]) -> Check {
     Ok(())
 }
 
+/// The device stopped working: its process crashed, exited or panicked, or it broke the
+/// connection.
+pub fn device_failed(why: String) -> super::Violation {
+    violation(Invariant::NoPanic, why)
+}
+
 /// From the stop acknowledgement until the harness resumes the device: no writes,
 /// interrupts or disk I/O. `stopped` is the harness's record, not the device's report.
 pub fn quiet_when_stopped(stopped: bool, activity: Activity) -> Check {

@@ -15,6 +15,8 @@ pub(crate) struct Offered {
     pub snapshot_inspection: bool,
     /// The program's driver stop trigger is among the offered features.
     pub driver_stop: bool,
+    /// The device runs on its own time (another process).
+    pub remote: bool,
 }
 
 /// A check, or the part of one, that could not run.
@@ -91,6 +93,11 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
         "driver stops: trigger not offered",
     );
     skip(
+        o.remote,
+        KickKept,
+        "a back-end runs on a kick: the front-end kicks every ring it starts",
+    );
+    skip(
         !o.driver_stop,
         StopState,
         "driver stops: trigger not offered",
@@ -119,6 +126,7 @@ mod tests {
             introspection: true,
             snapshot_inspection: true,
             driver_stop: true,
+            remote: false,
         };
         assert!(skipped(&full).is_empty());
         let remote = Offered {

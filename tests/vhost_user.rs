@@ -1,0 +1,243 @@
+//! The vhost-user front-end against real back-end processes: qemu-storage-daemon (skipped,
+//! with a message, where it is not installed) and stand-ins that misbehave on purpose.
+
+use stopfuzz::backend::IoError;
+use stopfuzz::dut::DeviceKind;
+use stopfuzz::dut::vhost_user::{self, Template};
+use stopfuzz::engine::{OracleLevel, Outcome};
+use stopfuzz::oracle::Invariant;
+use stopfuzz::program::{Config, Op, Program, ReqType, Shape};
+use stopfuzz::targets::Target;
+
+fn qsd_installed() -> bool {
+    let found = std::process::Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "qemu-storage-daemon is not installed: test skipped (ci/qsd-smoke.sh installs it)"
+        );
+    }
+    found
+}
+
+fn device(template: Template) -> DeviceKind {
+    DeviceKind::VhostUser(Box::leak(Box::new(template)))
+}
+
+/// Room for every request the tests make.
+fn config() -> Config {
+    Config {
+        queue_size: 16,
+        ..Config::default()
+    }
+}
+
+fn submit(req: ReqType, sector: u8) -> Op {
+    Op::Submit {
+        queue: 0,
+        req,
+        shape: Shape::Plain,
+        sector,
+        sectors: 1,
+        seed: 7,
+    }
+}
+
+/// Write, read back, stop, migrate to a fresh back-end, read again.
+fn round_trip() -> Program {
+    let mut ops = vec![
+        submit(ReqType::Write, 3),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+        Op::Reap { queue: 0 },
+        submit(ReqType::Read, 3),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+        Op::Reap { queue: 0 },
+        Op::HostStop,
+        Op::HostResume,
+        Op::Migrate,
+    ];
+    ops.extend([
+        submit(ReqType::Read, 3),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+    ]);
+    Program {
+        config: config(),
+        ops,
+    }
+}
+
+/// One test at a time: each checks that it left no child process behind.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run(device: DeviceKind, program: &Program) -> stopfuzz::engine::Report {
+    let report = Target::BlkConforming.run_on(device, &program.encode(), true, OracleLevel::Full);
+    vhost_user::shutdown();
+    report
+}
+
+/// Processes of this test binary's back-ends, children or not (their command lines name
+/// the scratch directory).
+fn leftovers() -> String {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pattern = format!("stopfuzz-vu-{}-", std::process::id());
+    let out = std::process::Command::new("pgrep")
+        .args(["-a", "-f", &pattern])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn children() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(kids.split_whitespace().map(String::from));
+        }
+    }
+    out
+}
+
+#[test]
+fn qsd_round_trip_with_migration_passes_and_lists_its_skips() {
+    let _serial = serial();
+    if !qsd_installed() {
+        return;
+    }
+    let report = run(device(Template::qsd()), &round_trip());
+    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    assert!(trace.contains("migrated"), "the migration ran:\n{trace}");
+    assert_eq!(
+        trace.matches("at avail position").count(),
+        3,
+        "every request was made:\n{trace}"
+    );
+    let skipped: Vec<Invariant> = report.skipped.iter().map(|s| s.invariant).collect();
+    for i in [
+        Invariant::AvailWindow,
+        Invariant::InuseBound,
+        Invariant::Contract,
+    ] {
+        assert!(skipped.contains(&i), "{i} is reported skipped");
+    }
+    assert!(!skipped.contains(&Invariant::Notify));
+    assert!(!skipped.contains(&Invariant::WriteConfined));
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}
+
+/// A write that blkdebug fails completes with IOERR under QSD's declared `report` policy;
+/// declared as `ignore`, the same run is a `data` finding: the fault really reaches the
+/// back-end and the model.
+#[test]
+fn qsd_fails_writes_where_the_program_says() {
+    let _serial = serial();
+    if !qsd_installed() {
+        return;
+    }
+    let program = Program {
+        config: config(),
+        ops: vec![
+            Op::Fail {
+                pick: 5,
+                error: IoError::NoSpace,
+            },
+            submit(ReqType::Write, 5),
+            Op::Publish { queue: 0 },
+            Op::Kick { queue: 0 },
+            Op::Poll,
+        ],
+    };
+    assert_eq!(
+        run(device(Template::qsd()), &program).outcome,
+        Outcome::Pass
+    );
+    let wrong = Template::parse(vhost_user::template::QSD, "ignore").unwrap();
+    let report = run(device(wrong), &program);
+    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+    match report.outcome {
+        Outcome::Finding(f) => {
+            assert_eq!(f.invariant, Invariant::Data);
+            assert!(f.message.contains("observed status 1"), "{}", f.message);
+        }
+        Outcome::Pass => {
+            panic!("a back-end that reports IOERR passed as one that ignores:\n{trace}")
+        }
+    }
+}
+
+#[test]
+fn a_back_end_that_will_not_start_is_a_clear_setup_error() {
+    let _serial = serial();
+    let t = Template::parse(
+        "sh -c 'echo cannot open disk >&2; exit 3' {socket}",
+        "report",
+    )
+    .unwrap();
+    match run(device(t), &round_trip()).outcome {
+        Outcome::Finding(f) => {
+            assert_eq!(f.step, 0);
+            assert!(f.message.contains("exited"), "{}", f.message);
+            assert!(f.message.contains("cannot open disk"), "{}", f.message);
+        }
+        Outcome::Pass => panic!("a back-end that exits at once cannot pass"),
+    }
+    let missing = Template::parse("/nonexistent/backend --socket {socket}", "report").unwrap();
+    match run(device(missing), &round_trip()).outcome {
+        Outcome::Finding(f) => assert!(f.message.contains("cannot start"), "{}", f.message),
+        Outcome::Pass => panic!("a missing back-end cannot pass"),
+    }
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}
+
+/// A back-end that listens and then dies mid-run: a no-panic finding that keeps its stderr.
+#[test]
+fn a_back_end_that_dies_is_a_no_panic_finding_with_its_stderr() {
+    let _serial = serial();
+    if !qsd_installed() {
+        return;
+    }
+    let t = Template::parse(
+        "sh -c '(sleep 0.02; echo vu_panic: planted >&2; kill $$) & exec qemu-storage-daemon \"$@\"' sh {blockdev} --export type=vhost-user-blk,id=e0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on",
+        "report",
+    )
+    .unwrap();
+    let mut ops = Vec::new();
+    for _ in 0..40 {
+        ops.extend([
+            submit(ReqType::Write, 1),
+            Op::Publish { queue: 0 },
+            Op::Kick { queue: 0 },
+            Op::Poll,
+            Op::Reap { queue: 0 },
+            Op::Complete { pick: 3 },
+            Op::Complete { pick: 3 },
+            Op::Complete { pick: 3 },
+        ]);
+    }
+    let program = Program {
+        config: config(),
+        ops,
+    };
+    match run(device(t), &program).outcome {
+        Outcome::Finding(f) => {
+            assert_eq!(f.invariant, Invariant::NoPanic, "{}", f.message);
+            assert!(f.message.contains("vu_panic: planted"), "{}", f.message);
+        }
+        Outcome::Pass => panic!("a back-end that died mid-run passed"),
+    }
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+    assert_eq!(leftovers(), "", "no back-end left");
+}

@@ -414,9 +414,14 @@ pub fn device_args(device: DeviceKind) -> String {
         DeviceKind::Reference => String::new(),
         DeviceKind::Reduced(hidden) => format!(" --device reduced --hide {}", hidden.names()),
         DeviceKind::VhostUser(t) => format!(
-            " --device vhost-user --backend '{}' --backend-policy {}{}{}",
+            " --device vhost-user --backend '{}' --backend-policy {}{}{}{}",
             t.text.replace('\'', "'\\''"),
             t.policy_text(),
+            if t.id == vhost_user::template::QSD_ID {
+                String::new()
+            } else {
+                format!(" --backend-id '{}'", t.id.replace('\'', "'\\''"))
+            },
             if t.reuse { " --reuse-backend" } else { "" },
             if t.known == Default::default() && t.text == vhost_user::template::QSD {
                 " --strict"

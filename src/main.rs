@@ -44,6 +44,10 @@ struct DeviceOpts {
     /// `write=P,read=P`.
     #[arg(long, default_value = "report")]
     backend_policy: String,
+    /// With --device vhost-user: what the back-end answers GET_ID with (`stopfuzz serve`
+    /// answers `stopfuzz-reference`).
+    #[arg(long, default_value = stopfuzz::dut::vhost_user::template::QSD_ID)]
+    backend_id: String,
     /// With --device vhost-user: keep one back-end process per worker for the next input
     /// where that looks sound, instead of a fresh one per input. Measured: about 10% faster,
     /// the same invariants found, and rare setup-time findings (3 in 1344 inputs) that do
@@ -65,6 +69,7 @@ impl DeviceOpts {
             DeviceArg::VhostUser => {
                 let mut t = Template::parse(&self.backend, &self.backend_policy)?;
                 t.reuse = self.reuse_backend;
+                t.set_id(&self.backend_id)?;
                 if self.strict {
                     t.known = Default::default();
                 }

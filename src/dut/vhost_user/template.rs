@@ -23,6 +23,9 @@ use crate::dut::Fault;
 /// qemu-storage-daemon's vhost-user-blk export: the default template.
 pub const QSD: &str = "qemu-storage-daemon {blockdev} --export type=vhost-user-blk,id=export0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on,num-queues=1";
 
+/// What qemu-storage-daemon's vhost-user-blk export answers GET_ID with.
+pub const QSD_ID: &str = "vhost_user_blk";
+
 /// How long each request of a slow disk takes: long enough that requests are really in
 /// flight across a stop. (QEMU's `throttle` filter lets the first requests of a burst
 /// through at once, so a short program would never wait.)
@@ -41,6 +44,8 @@ pub struct Template {
     pub read_policy: ErrorPolicy,
     /// A worker keeps its back-end for the next run where that is sound.
     pub reuse: bool,
+    /// The ID string the back-end answers GET_ID with (at most 20 bytes).
+    pub id: String,
     /// Known deviations of this back-end that the oracle lets pass (each documented in
     /// docs/findings/); `--strict` clears them.
     pub known: Known,
@@ -101,6 +106,7 @@ impl Template {
             write_policy,
             read_policy,
             reuse: false,
+            id: QSD_ID.to_string(),
             known: Known {
                 get_id_unpadded: text == QSD,
             },
@@ -115,13 +121,26 @@ impl Template {
     /// The ID string the device answers GET_ID with, and how many bytes of it to check.
     pub fn device_id(&self) -> ([u8; crate::virtio::ID_BYTES], usize) {
         let mut id = [0u8; crate::virtio::ID_BYTES];
-        id[..14].copy_from_slice(b"vhost_user_blk");
+        let n = self.id.len().min(id.len());
+        id[..n].copy_from_slice(&self.id.as_bytes()[..n]);
         let checked = if self.known.get_id_unpadded {
-            15
+            (n + 1).min(id.len())
         } else {
             id.len()
         };
         (id, checked)
+    }
+
+    /// Sets the GET_ID answer, or says why it cannot be one.
+    pub fn set_id(&mut self, id: &str) -> Result<(), String> {
+        if id.len() > crate::virtio::ID_BYTES {
+            return Err(format!(
+                "--backend-id {id:?} is longer than virtio-blk's {} ID bytes",
+                crate::virtio::ID_BYTES
+            ));
+        }
+        self.id = id.to_string();
+        Ok(())
     }
 
     /// Whether the back-end gets faults and slow I/O (`{blockdev}`).

@@ -36,7 +36,9 @@ mkdir -p "$OUT"
 
 set +e
 target/release/stopfuzz run --device vhost-user --seconds "$SECONDS_RUN" --jobs 1 \
-    --seed 1 --out "$OUT/findings" >"$OUT/stdout" 2>"$OUT/stderr"
+    --seed 1 --out "$OUT/findings" >"$OUT/stdout" 2>"$OUT/stderr" &
+run=$!
+wait "$run"
 code=$?
 set -e
 grep -E '^(finding|skipped|scenarios):' "$OUT/stderr" || true
@@ -55,7 +57,13 @@ for report in "$OUT"/findings/*.txt; do
         fail+=("unknown finding $invariant: $report")
     fi
 done
-left=$(pgrep -a -f 'stopfuzz-vu-' || true)
+# This run's back-ends only (their scratch directories carry its pid), once they have had a
+# moment to exit.
+for _ in 1 2 3 4 5; do
+    left=$(pgrep -a -f "stopfuzz-vu-$run-" || true)
+    [ -z "$left" ] && break
+    sleep 0.2
+done
 if [ -n "$left" ]; then
     fail+=("back-end processes left behind: $left")
 fi

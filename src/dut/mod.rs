@@ -123,6 +123,10 @@ pub struct Capabilities {
     pub deterministic: bool,
     /// It does its own I/O and injects the faults [`Want::faults`] asks for.
     pub faults: bool,
+    /// A host resume restarts its rings without telling them which used index was last
+    /// signalled (vhost-user: GET/SET_VRING_BASE carry only the ring position), so the
+    /// first used update after a resume may notify although none is due.
+    pub resume_forgets_signal: bool,
 }
 
 /// What a device signalled since the last [`Device::take_events`].

@@ -62,6 +62,7 @@ impl Device for BlkDevice {
             disk: DiskControl::Harness,
             deterministic: true,
             faults: false,
+            resume_forgets_signal: false,
         }
     }
 

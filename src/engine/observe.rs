@@ -408,9 +408,11 @@ impl Run<'_> {
                     before.used[i],
                     used[i],
                 );
-            conforming::notify(q, moved, expected, events.used[i], decisions)?;
+            let spurious = moved && self.signal_forgotten[i];
+            conforming::notify(q, moved, expected, spurious, events.used[i], decisions)?;
             if moved {
                 self.signal_valid[i] = true;
+                self.signal_forgotten[i] = false;
             }
         }
         if newly_acked {

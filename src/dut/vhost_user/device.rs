@@ -402,6 +402,7 @@ impl Device for VhostUser {
             disk: DiskControl::External,
             deterministic: false,
             faults: self.template.injects(),
+            resume_forgets_signal: true,
         }
     }
 

@@ -117,9 +117,10 @@ impl Run<'_> {
                     });
                     return Ok(());
                 }
-                // Dropped from the moment of the reset: nothing may complete them after it.
-                self.model.abandon(Some(q));
+                // Dropped once the reset returns: nothing may complete them after it. What
+                // the device completes until then (a drain) is an ordinary completion.
                 self.call(|d, _| d.queue_reset(q))?;
+                self.model.abandon(Some(q));
                 self.driver.reset_queue(self.mem.mem(), q);
                 self.signal_valid[usize::from(q)] = false;
                 self.setup_queue(q, 0)
@@ -131,9 +132,12 @@ impl Run<'_> {
     }
 
     fn device_reset(&mut self) -> Check {
-        self.model.abandon(None);
         self.stops.device_reset();
+        // A reset takes effect when the write of 0 returns: what the device completes until
+        // then (a vhost-user back-end drains its rings at the GET_VRING_BASE that stops
+        // them) is an ordinary completion; what is still open after it is dropped.
         self.call(|d, _| d.write_status(0))?;
+        self.model.abandon(None);
         // A reset ends hostility once no disk I/O from it can still land; the model then
         // takes the disk as it is. A device that does its own I/O never shows that.
         if self.hostile

@@ -413,8 +413,10 @@ impl Device for VhostUser {
     fn write_status(&mut self, value: u8) {
         if value == 0 {
             self.stop_all();
+            // What the back-end completed while its rings stopped notified before the
+            // reset took effect: counted, not drained away with the rings.
+            self.collect_events();
             for r in &mut self.rings {
-                let _ = r.call.read();
                 let _ = r.kick.read();
                 (r.size, r.desc, r.avail, r.used) = (0, 0, 0, 0);
                 (r.base, r.enabled, r.kicked, r.seen_used) = (0, false, 0, 0);

@@ -67,6 +67,9 @@ struct Ring {
     seen_used: u16,
     /// `(kicked, used)` when a poll last gave up waiting.
     gave_up: Option<(u16, u16)>,
+    /// Started since used idx last moved: the back-end does not know which used index it
+    /// last signalled, so its next used update may notify although none is due.
+    fresh: bool,
 }
 
 impl Ring {
@@ -86,6 +89,7 @@ impl Ring {
             kicked: 0,
             seen_used: 0,
             gave_up: None,
+            fresh: false,
         })
     }
 }
@@ -246,6 +250,7 @@ impl VhostUser {
         });
         if ok.is_some() {
             self.rings[q].started = true;
+            self.rings[q].fresh = true;
             // A back-end starts processing on a kick; the guest may have made buffers
             // available while stopped without one (EVENT_IDX said not to), so the VMM kicks
             // a started ring once, as QEMU's dataplane does.
@@ -344,7 +349,10 @@ impl VhostUser {
                 let now = self.used_idx(q);
                 let old = self.rings[q].seen_used;
                 let mut got = self.rings[q].call.read().unwrap_or(0) as u32;
-                if now != old && got == 0 && self.notification_due(q, old, now) {
+                // A notification that may come (due, or one a fresh ring may send) is
+                // waited for, so that it is counted with the used update it belongs to.
+                let may = self.rings[q].fresh || self.notification_due(q, old, now);
+                if now != old && got == 0 && may {
                     let start = Instant::now();
                     while got == 0 && start.elapsed() < NOTIFY_WAIT {
                         std::thread::sleep(Duration::from_micros(10));
@@ -352,6 +360,9 @@ impl VhostUser {
                     }
                 }
                 self.events.used[q] += got;
+                if now != old {
+                    self.rings[q].fresh = false;
+                }
                 self.rings[q].seen_used = now;
                 if self.used_idx(q) == now {
                     break;

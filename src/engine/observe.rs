@@ -370,6 +370,8 @@ impl Run<'_> {
                 }
             }
         }
+        // A reset this call made drops what it did not complete.
+        self.drop_reset();
         if !self.conforming() {
             return Ok(());
         }

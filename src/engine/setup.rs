@@ -119,6 +119,7 @@ impl<'m> Run<'m> {
             step: 0,
             signal_valid: [false; MAX_QUEUES],
             signal_forgotten: [false; MAX_QUEUES],
+            dropping: None,
             used_seen: [None; MAX_QUEUES],
             scenarios: Scenarios::default(),
             digest: Digest::default(),

@@ -43,7 +43,7 @@ pub const QUIET: Duration = Duration::from_micros(100);
 /// wait again until used idx or the kicked avail idx moves.
 pub const MAX_WAIT: Duration = Duration::from_millis(50);
 /// The longest a due notification is waited for once used idx moved.
-pub const NOTIFY_WAIT: Duration = Duration::from_millis(5);
+pub const NOTIFY_WAIT: Duration = Duration::from_millis(20);
 
 /// Largest queue the front-end sets up.
 const MAX_QUEUE_SIZE: u16 = 256;

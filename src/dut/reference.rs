@@ -111,7 +111,6 @@ impl Device for BlkDevice {
         Events {
             used,
             config: i.config,
-            used_idx: Default::default(),
         }
     }
 

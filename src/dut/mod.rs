@@ -136,6 +136,10 @@ pub struct Events {
     pub used: [u32; MAX_QUEUES],
     /// Configuration-change notifications.
     pub config: u32,
+    /// Per queue, the used idx the notifications were counted up to, where the device may
+    /// move it on its own (a running ring in another process): the call is judged at that
+    /// index, and later entries go with a later call's notifications. `None`: read it.
+    pub used_idx: [Option<u16>; MAX_QUEUES],
 }
 
 impl Events {
@@ -150,6 +154,11 @@ impl Events {
             *a += b;
         }
         self.config += other.config;
+        for (a, b) in self.used_idx.iter_mut().zip(other.used_idx) {
+            if b.is_some() {
+                *a = b;
+            }
+        }
     }
 }
 

@@ -111,6 +111,7 @@ impl Device for BlkDevice {
         Events {
             used,
             config: i.config,
+            used_idx: Default::default(),
         }
     }
 

@@ -66,8 +66,9 @@ impl Run<'_> {
         let mut used = [0u16; MAX_QUEUES];
         for q in 0..self.queues() {
             let i = usize::from(q);
-            used[i] = match self.used_seen[i] {
-                Some(u) if quiet => u,
+            used[i] = match (events.used_idx[i], self.used_seen[i]) {
+                (Some(u), _) => u,
+                (None, Some(u)) if quiet => u,
                 _ => self.driver.used_idx(self.mem.mem(), q),
             };
             self.used_seen[i] = Some(used[i]);

@@ -467,8 +467,10 @@ impl Device for VhostUser {
     }
 
     fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64) {
+        // Where the driver starts its used ring: no movement yet, no notification owed.
+        let start = used.checked_add(2).map_or(0, |at| self.read16(at));
         if let Some(r) = self.rings.get_mut(usize::from(q)) {
-            (r.desc, r.avail, r.used) = (desc, avail, used);
+            (r.desc, r.avail, r.used, r.seen_used) = (desc, avail, used, start);
         }
     }
 
@@ -510,6 +512,13 @@ impl Device for VhostUser {
     fn take_events(&mut self) -> Events {
         self.check_alive();
         self.collect_events();
+        // A started ring may move on after its notifications were counted: the call is
+        // judged at the used idx they were counted up to.
+        for (q, r) in self.rings.iter().enumerate() {
+            if r.started && self.link.is_some() {
+                self.events.used_idx[q] = Some(r.seen_used);
+            }
+        }
         std::mem::take(&mut self.events)
     }
 

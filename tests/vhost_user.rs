@@ -241,3 +241,57 @@ fn a_back_end_that_dies_is_a_no_panic_finding_with_its_stderr() {
     assert!(children().is_empty(), "no back-end left: {:?}", children());
     assert_eq!(leftovers(), "", "no back-end left");
 }
+
+/// `stopfuzz serve` as the back-end: the reference, which a run must find nothing against.
+fn serve() -> Template {
+    let command = format!(
+        "{} serve --socket {{socket}} --image {{image}}",
+        env!("CARGO_BIN_EXE_stopfuzz")
+    );
+    let mut t = Template::parse(&command, "report").expect("the serve template parses");
+    t.set_id("stopfuzz-reference").expect("the id fits");
+    t
+}
+
+/// Against the reference served over vhost-user: migrations one after another (the old
+/// back-end serves one front-end and removes its socket, so it cannot be the next one's
+/// target), host stops and resumes (the first used update after each may notify), and a
+/// device reset with a request made available (the back-end drains it at GET_VRING_BASE:
+/// completed, not dropped). Each is clean, every time.
+#[test]
+fn serve_passes_migrations_resumes_and_a_reset_with_a_request_in_flight() {
+    let _serial = serial();
+    let mut ops = round_trip().ops;
+    ops.extend([
+        Op::Reap { queue: 0 },
+        Op::Migrate,
+        Op::Migrate,
+        submit(ReqType::Write, 5),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::HostStop,
+        Op::HostResume,
+        Op::Poll,
+        Op::Reap { queue: 0 },
+        submit(ReqType::Read, 5),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::DeviceReset,
+        submit(ReqType::Read, 3),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+    ]);
+    let program = Program {
+        config: config(),
+        ops,
+    };
+    let dev = device(serve());
+    for _ in 0..10 {
+        let report = run(dev, &program);
+        let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+        assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+        assert_eq!(trace.matches("migrated").count(), 3, "{trace}");
+    }
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}

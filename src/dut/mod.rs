@@ -123,6 +123,10 @@ pub struct Capabilities {
     pub deterministic: bool,
     /// It does its own I/O and injects the faults [`Want::faults`] asks for.
     pub faults: bool,
+    /// A host resume restarts its rings without telling them which used index was last
+    /// signalled (vhost-user: GET/SET_VRING_BASE carry only the ring position), so the
+    /// first used update after a resume may notify although none is due.
+    pub resume_forgets_signal: bool,
 }
 
 /// What a device signalled since the last [`Device::take_events`].
@@ -132,6 +136,10 @@ pub struct Events {
     pub used: [u32; MAX_QUEUES],
     /// Configuration-change notifications.
     pub config: u32,
+    /// Per queue, the used idx the notifications were counted up to, where the device may
+    /// move it on its own (a running ring in another process): the call is judged at that
+    /// index, and later entries go with a later call's notifications. `None`: read it.
+    pub used_idx: [Option<u16>; MAX_QUEUES],
 }
 
 impl Events {
@@ -146,6 +154,11 @@ impl Events {
             *a += b;
         }
         self.config += other.config;
+        for (a, b) in self.used_idx.iter_mut().zip(other.used_idx) {
+            if b.is_some() {
+                *a = b;
+            }
+        }
     }
 }
 

@@ -154,6 +154,7 @@ impl Device for Reduced {
             },
             deterministic: inner.deterministic,
             faults: false,
+            resume_forgets_signal: inner.resume_forgets_signal,
         }
     }
 

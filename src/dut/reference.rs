@@ -62,6 +62,7 @@ impl Device for BlkDevice {
             disk: DiskControl::Harness,
             deterministic: true,
             faults: false,
+            resume_forgets_signal: false,
         }
     }
 
@@ -110,6 +111,7 @@ impl Device for BlkDevice {
         Events {
             used,
             config: i.config,
+            used_idx: Default::default(),
         }
     }
 

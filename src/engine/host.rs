@@ -46,6 +46,9 @@ impl Run<'_> {
     fn resume_record(&mut self) {
         if self.stops.host.asked != Asked::Running {
             self.model.retry_point(self.step);
+            if self.caps.resume_forgets_signal {
+                self.signal_forgotten = [true; crate::program::MAX_QUEUES];
+            }
         }
         self.stops.resume(Side::Host);
     }

@@ -285,6 +285,14 @@ pub struct Run<'m> {
     /// Per queue: whether the device has made a notification decision since the last
     /// initialization, reset or restore.
     signal_valid: [bool; MAX_QUEUES],
+    /// Rings restarted by a host resume of a device that forgets, there, which used index
+    /// it last signalled ([`Capabilities::resume_forgets_signal`]): their next used update
+    /// may notify although none is due.
+    signal_forgotten: [bool; MAX_QUEUES],
+    /// A reset in progress: the requests it drops (`None`: every queue's), abandoned once the
+    /// call that makes it has taken the device's completions, before a stop acknowledgement
+    /// it brings is judged.
+    dropping: Option<Option<u16>>,
     /// Per queue: used idx as last read, `None` once the driver rewrote its rings.
     used_seen: [Option<u16>; MAX_QUEUES],
     scenarios: Scenarios,

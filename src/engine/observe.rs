@@ -66,8 +66,9 @@ impl Run<'_> {
         let mut used = [0u16; MAX_QUEUES];
         for q in 0..self.queues() {
             let i = usize::from(q);
-            used[i] = match self.used_seen[i] {
-                Some(u) if quiet => u,
+            used[i] = match (events.used_idx[i], self.used_seen[i]) {
+                (Some(u), _) => u,
+                (None, Some(u)) if quiet => u,
                 _ => self.driver.used_idx(self.mem.mem(), q),
             };
             self.used_seen[i] = Some(used[i]);
@@ -370,6 +371,8 @@ impl Run<'_> {
                 }
             }
         }
+        // A reset this call made drops what it did not complete.
+        self.drop_reset();
         if !self.conforming() {
             return Ok(());
         }
@@ -408,9 +411,11 @@ impl Run<'_> {
                     before.used[i],
                     used[i],
                 );
-            conforming::notify(q, moved, expected, events.used[i], decisions)?;
+            let spurious = moved && self.signal_forgotten[i];
+            conforming::notify(q, moved, expected, spurious, events.used[i], decisions)?;
             if moved {
                 self.signal_valid[i] = true;
+                self.signal_forgotten[i] = false;
             }
         }
         if newly_acked {

@@ -117,9 +117,12 @@ impl Run<'_> {
                     });
                     return Ok(());
                 }
-                // Dropped from the moment of the reset: nothing may complete them after it.
-                self.model.abandon(Some(q));
-                self.call(|d, _| d.queue_reset(q))?;
+                // Dropped by the reset: what the device completes during it (a drain) is an
+                // ordinary completion; nothing may complete after it.
+                self.dropping = Some(Some(q));
+                let reset = self.call(|d, _| d.queue_reset(q));
+                self.drop_reset();
+                reset?;
                 self.driver.reset_queue(self.mem.mem(), q);
                 self.signal_valid[usize::from(q)] = false;
                 self.setup_queue(q, 0)
@@ -131,9 +134,14 @@ impl Run<'_> {
     }
 
     fn device_reset(&mut self) -> Check {
-        self.model.abandon(None);
         self.stops.device_reset();
-        self.call(|d, _| d.write_status(0))?;
+        // A reset takes effect when the write of 0 returns: what the device completes until
+        // then (a vhost-user back-end drains its rings at the GET_VRING_BASE that stops
+        // them) is an ordinary completion; what is still open after it is dropped.
+        self.dropping = Some(None);
+        let reset = self.call(|d, _| d.write_status(0));
+        self.drop_reset();
+        reset?;
         // A reset ends hostility once no disk I/O from it can still land; the model then
         // takes the disk as it is. A device that does its own I/O never shows that.
         if self.hostile
@@ -147,6 +155,13 @@ impl Run<'_> {
         let (features, size) = (self.features, self.driver.queues[0].size);
         self.driver = Driver::new(self.mem.mem(), features, self.queues(), size, 0, true);
         self.initialize(0)
+    }
+
+    /// The requests a reset drops, unless the call that made it already dropped them.
+    pub(super) fn drop_reset(&mut self) {
+        if let Some(q) = self.dropping.take() {
+            self.model.abandon(q);
+        }
     }
 
     /// The disk as it stands: the harness's, or the one the device does its own I/O on.

@@ -118,6 +118,8 @@ impl<'m> Run<'m> {
             stops: Stops::default(),
             step: 0,
             signal_valid: [false; MAX_QUEUES],
+            signal_forgotten: [false; MAX_QUEUES],
+            dropping: None,
             used_seen: [None; MAX_QUEUES],
             scenarios: Scenarios::default(),
             digest: Digest::default(),
@@ -153,6 +155,7 @@ impl<'m> Run<'m> {
         self.stops.live = true;
         self.call(|d, _| d.write_status(S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK))?;
         self.signal_valid = [false; MAX_QUEUES];
+        self.signal_forgotten = [false; MAX_QUEUES];
         Ok(())
     }
 

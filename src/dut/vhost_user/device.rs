@@ -43,7 +43,7 @@ pub const QUIET: Duration = Duration::from_micros(100);
 /// wait again until used idx or the kicked avail idx moves.
 pub const MAX_WAIT: Duration = Duration::from_millis(50);
 /// The longest a due notification is waited for once used idx moved.
-pub const NOTIFY_WAIT: Duration = Duration::from_millis(5);
+pub const NOTIFY_WAIT: Duration = Duration::from_millis(20);
 
 /// Largest queue the front-end sets up.
 const MAX_QUEUE_SIZE: u16 = 256;
@@ -67,6 +67,9 @@ struct Ring {
     seen_used: u16,
     /// `(kicked, used)` when a poll last gave up waiting.
     gave_up: Option<(u16, u16)>,
+    /// Started since used idx last moved: the back-end does not know which used index it
+    /// last signalled, so its next used update may notify although none is due.
+    fresh: bool,
 }
 
 impl Ring {
@@ -86,6 +89,7 @@ impl Ring {
             kicked: 0,
             seen_used: 0,
             gave_up: None,
+            fresh: false,
         })
     }
 }
@@ -246,6 +250,7 @@ impl VhostUser {
         });
         if ok.is_some() {
             self.rings[q].started = true;
+            self.rings[q].fresh = true;
             // A back-end starts processing on a kick; the guest may have made buffers
             // available while stopped without one (EVENT_IDX said not to), so the VMM kicks
             // a started ring once, as QEMU's dataplane does.
@@ -344,7 +349,10 @@ impl VhostUser {
                 let now = self.used_idx(q);
                 let old = self.rings[q].seen_used;
                 let mut got = self.rings[q].call.read().unwrap_or(0) as u32;
-                if now != old && got == 0 && self.notification_due(q, old, now) {
+                // A notification that may come (due, or one a fresh ring may send) is
+                // waited for, so that it is counted with the used update it belongs to.
+                let may = self.rings[q].fresh || self.notification_due(q, old, now);
+                if now != old && got == 0 && may {
                     let start = Instant::now();
                     while got == 0 && start.elapsed() < NOTIFY_WAIT {
                         std::thread::sleep(Duration::from_micros(10));
@@ -352,6 +360,9 @@ impl VhostUser {
                     }
                 }
                 self.events.used[q] += got;
+                if now != old {
+                    self.rings[q].fresh = false;
+                }
                 self.rings[q].seen_used = now;
                 if self.used_idx(q) == now {
                     break;
@@ -402,6 +413,7 @@ impl Device for VhostUser {
             disk: DiskControl::External,
             deterministic: false,
             faults: self.template.injects(),
+            resume_forgets_signal: true,
         }
     }
 
@@ -412,8 +424,10 @@ impl Device for VhostUser {
     fn write_status(&mut self, value: u8) {
         if value == 0 {
             self.stop_all();
+            // What the back-end completed while its rings stopped notified before the
+            // reset took effect: counted, not drained away with the rings.
+            self.collect_events();
             for r in &mut self.rings {
-                let _ = r.call.read();
                 let _ = r.kick.read();
                 (r.size, r.desc, r.avail, r.used) = (0, 0, 0, 0);
                 (r.base, r.enabled, r.kicked, r.seen_used) = (0, false, 0, 0);
@@ -453,8 +467,10 @@ impl Device for VhostUser {
     }
 
     fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64) {
+        // Where the driver starts its used ring: no movement yet, no notification owed.
+        let start = used.checked_add(2).map_or(0, |at| self.read16(at));
         if let Some(r) = self.rings.get_mut(usize::from(q)) {
-            (r.desc, r.avail, r.used) = (desc, avail, used);
+            (r.desc, r.avail, r.used, r.seen_used) = (desc, avail, used, start);
         }
     }
 
@@ -496,6 +512,13 @@ impl Device for VhostUser {
     fn take_events(&mut self) -> Events {
         self.check_alive();
         self.collect_events();
+        // A started ring may move on after its notifications were counted: the call is
+        // judged at the used idx they were counted up to.
+        for (q, r) in self.rings.iter().enumerate() {
+            if r.started && self.link.is_some() {
+                self.events.used_idx[q] = Some(r.seen_used);
+            }
+        }
         std::mem::take(&mut self.events)
     }
 

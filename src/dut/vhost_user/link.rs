@@ -89,7 +89,13 @@ impl Link {
         if let Some((mut process, socket)) = spare
             && process.death().is_none()
         {
-            return Link::connect(process, socket);
+            // A spare listens again (QSD does); one that serves a single front-end (its
+            // socket removed once connected, `stopfuzz serve`) does not: end it and start a
+            // fresh one. One attempt, no retry: it was listening before its disconnect.
+            if let Ok(stream) = UnixStream::connect(&socket) {
+                return Link::from_stream(process, socket, stream);
+            }
+            drop(process);
         }
         let n = site.started.get();
         site.started.set(n + 1);
@@ -112,6 +118,14 @@ impl Link {
                 process.stderr()
             )
         })?;
+        Link::from_stream(process, socket, stream)
+    }
+
+    fn from_stream(process: Process, socket: PathBuf, stream: UnixStream) -> Result<Link, String> {
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(|e| format!("cannot set timeouts on {}: {e}", socket.display()))?;
         let mut link = Link {
             process,
             fe: Frontend::from_stream(stream, crate::program::MAX_QUEUES as u64),
@@ -175,8 +189,9 @@ impl Link {
         Ok(())
     }
 
-    /// Disconnects. A back-end with nothing in flight (`idle`) stays running as `site`'s
-    /// spare, listening for the next front-end; any other is ended.
+    /// Disconnects. A back-end with nothing in flight (`idle`) whose socket is still there
+    /// stays running as `site`'s spare, listening for the next front-end; any other is
+    /// ended.
     pub fn retire(self, site: &Site, idle: bool) {
         let Link {
             mut process,
@@ -185,7 +200,7 @@ impl Link {
             ..
         } = self;
         drop(fe);
-        if idle && process.death().is_none() {
+        if idle && process.death().is_none() && socket.exists() {
             *site.spare.borrow_mut() = Some((process, socket));
         }
     }
@@ -216,11 +231,7 @@ fn connect(socket: &std::path::Path) -> std::io::Result<UnixStream> {
     let mut tries = 0;
     loop {
         match UnixStream::connect(socket) {
-            Ok(s) => {
-                s.set_read_timeout(Some(REPLY_TIMEOUT))?;
-                s.set_write_timeout(Some(REPLY_TIMEOUT))?;
-                return Ok(s);
-            }
+            Ok(s) => return Ok(s),
             Err(e) if tries < 200 => {
                 tries += 1;
                 if e.kind() != std::io::ErrorKind::ConnectionRefused

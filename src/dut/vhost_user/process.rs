@@ -155,10 +155,14 @@ pub struct Process {
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Process {
-    /// Starts `argv` with stderr to a log in `scratch`, and waits for `socket` to appear.
+    /// Starts `argv` with stderr to a log in `scratch` named after `socket` (each back-end
+    /// on a site has its own), and waits for `socket` to appear.
     pub fn spawn(argv: &[String], scratch: &Scratch, socket: &Path) -> Result<Process, SpawnError> {
         install_signal_handlers();
-        let stderr_path = scratch.join("stderr.log");
+        let name = socket
+            .file_name()
+            .map_or_else(|| "backend".into(), |n| n.to_string_lossy().into_owned());
+        let stderr_path = scratch.join(&format!("{name}.stderr.log"));
         let log = File::create(&stderr_path).map_err(|source| SpawnError::Scratch {
             path: stderr_path.clone(),
             source,

@@ -387,17 +387,14 @@ impl Model {
         }
     }
 
-    /// Parked requests the device knows of (it has polled since each parked), in fetch
-    /// order.
-    pub fn parked_known(&self) -> Vec<ReqId> {
-        let mut known: Vec<ReqId> = self
-            .parked
+    /// The earliest-fetched parked request the device knows of (it has polled since it
+    /// parked).
+    pub fn first_parked_known(&self) -> Option<ReqId> {
+        self.parked
             .iter()
             .filter(|&&(_, known)| known)
             .map(|&(id, _)| id)
-            .collect();
-        known.sort_by_key(|&id| self.requests[id].fetched);
-        known
+            .min_by_key(|&id| self.requests[id].fetched)
     }
 
     /// Requests parked now.

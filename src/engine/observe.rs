@@ -228,14 +228,7 @@ impl Run<'_> {
         if !std::mem::take(&mut self.stop_unscanned) {
             return Ok(());
         }
-        let writes = match self.shadow.as_mut() {
-            Some(shadow) => {
-                let everything = shadow.everything();
-                shadow.diff(self.mem, &[everything])
-            }
-            None => Vec::new(),
-        };
-        self.synced = self.mem.checkpoint();
+        let writes = self.diff_everything();
         let activity = Activity {
             writes: writes.len(),
             ..Activity::default()
@@ -261,6 +254,20 @@ impl Run<'_> {
         }
     }
 
+    /// Every byte of guest memory that differs from the shadow, which then holds memory as
+    /// it is now.
+    fn diff_everything(&mut self) -> Vec<(u64, u32)> {
+        let writes = match self.shadow.as_mut() {
+            Some(shadow) => {
+                let everything = shadow.everything();
+                shadow.diff(self.mem, &[everything])
+            }
+            None => Vec::new(),
+        };
+        self.synced = self.mem.checkpoint();
+        writes
+    }
+
     /// Takes the harness's own writes since the last device call into the shadow.
     fn sync_shadow(&mut self) {
         if let Some(shadow) = self.shadow.as_mut() {
@@ -275,14 +282,7 @@ impl Run<'_> {
             return Ok(());
         }
         self.sync_shadow();
-        let writes = match self.shadow.as_mut() {
-            Some(shadow) => {
-                let everything = shadow.everything();
-                shadow.diff(self.mem, &[everything])
-            }
-            None => Vec::new(),
-        };
-        self.synced = self.mem.checkpoint();
+        let writes = self.diff_everything();
         let allowed = always::allowed_writes(&self.driver, None);
         always::write_confined(&writes, &allowed)
     }

@@ -121,8 +121,8 @@ pub fn retry(model: &Model, id: ReqId) -> Check {
         }
         return Ok(());
     }
-    match (r.attempts, model.parked_known().first()) {
-        (0, Some(&waiting)) => Err(violation(
+    match (r.attempts, model.first_parked_known()) {
+        (0, Some(waiting)) => Err(violation(
             Invariant::Parked,
             format!(
                 "{} started disk I/O while {} is parked: a parked request pauses the device",
@@ -137,8 +137,8 @@ pub fn retry(model: &Model, id: ReqId) -> Check {
 /// After a poll that could run disk I/O consumed the retry point at `step`: every parked
 /// request the device knew of was resubmitted.
 pub fn retried_all(model: &Model, step: usize) -> Check {
-    match model.parked_known().first() {
-        Some(&id) => {
+    match model.first_parked_known() {
+        Some(id) => {
             let r = &model.requests[id];
             Err(violation(
                 Invariant::Parked,

@@ -289,6 +289,10 @@ pub struct Run<'m> {
     /// it last signalled ([`Capabilities::resume_forgets_signal`]): their next used update
     /// may notify although none is due.
     signal_forgotten: [bool; MAX_QUEUES],
+    /// Per queue, for a device that runs on its own time: its used idx in guest memory
+    /// when the driver last moved `used_event`. It decided any movement before that under
+    /// an older `used_event`, which the driver has since overwritten.
+    event_moved_at: [Option<u16>; MAX_QUEUES],
     /// A reset in progress: the requests it drops (`None`: every queue's), abandoned once the
     /// call that makes it has taken the device's completions, before a stop acknowledgement
     /// it brings is judged.

@@ -403,16 +403,30 @@ impl Run<'_> {
             if !moved {
                 self.last_undue += events.used[i];
             }
+            // Movement up to where the driver last moved `used_event` was decided under an
+            // older value: it may have notified, and is owed nothing.
+            let span = used[i].wrapping_sub(before.used[i]);
+            let from = match self.event_moved_at[i] {
+                Some(m) if m.wrapping_sub(before.used[i]) <= span => m,
+                Some(_) => used[i],
+                None => before.used[i],
+            };
+            if self.event_moved_at[i].is_some_and(|m| m.wrapping_sub(before.used[i]) <= span) {
+                self.event_moved_at[i] = None;
+            }
+            let unjudged = from != before.used[i];
             let expected = !self.signal_valid[i]
-                || conforming::notification_due(
-                    &self.driver,
-                    self.mem.mem(),
-                    q,
-                    before.used[i],
-                    used[i],
-                );
+                || (from != used[i]
+                    && conforming::notification_due(
+                        &self.driver,
+                        self.mem.mem(),
+                        q,
+                        from,
+                        used[i],
+                    ));
             let spurious = moved && self.signal_forgotten[i];
-            conforming::notify(q, moved, expected, spurious, events.used[i], decisions)?;
+            let count = events.used[i];
+            conforming::notify(q, moved, expected, spurious, unjudged, count, decisions)?;
             if moved {
                 self.signal_valid[i] = true;
                 self.signal_forgotten[i] = false;

@@ -101,7 +101,7 @@ impl Run<'_> {
                 self.host_retry()
             }
             Op::Reap { queue } => {
-                self.driver.reap(self.mem.mem(), u16::from(queue) % nq);
+                self.reap(u16::from(queue) % nq);
                 Ok(())
             }
             Op::DriverStop => self.driver_stop(),
@@ -125,6 +125,7 @@ impl Run<'_> {
                 reset?;
                 self.driver.reset_queue(self.mem.mem(), q);
                 self.signal_valid[usize::from(q)] = false;
+                self.event_moved_at[usize::from(q)] = None;
                 self.setup_queue(q, 0)
             }
             Op::DeviceReset => self.device_reset(),
@@ -255,6 +256,25 @@ impl Run<'_> {
             fetched: None,
         });
         Ok(())
+    }
+
+    /// The driver frees what it saw used on queue `q` and moves `used_event`. A device
+    /// running on its own time may have moved used idx past what the driver saw: where it
+    /// stands when the new `used_event` lands is recorded, as Linux re-reads used idx
+    /// after moving it.
+    fn reap(&mut self, q: u16) {
+        let mem = self.mem.mem();
+        let event = self
+            .driver
+            .has(F_EVENT_IDX)
+            .then(|| self.driver.used_event(mem, q));
+        self.driver.reap(mem, q);
+        if self.caps.deterministic || event.is_none_or(|e| e == self.driver.used_event(mem, q)) {
+            return;
+        }
+        // The back-end reads used_event after writing used idx; this orders the other way.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.event_moved_at[usize::from(q)] = Some(self.driver.used_idx(mem, q));
     }
 
     /// Completes or fails the `pick`-th outstanding disk I/O, and records how the disk

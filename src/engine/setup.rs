@@ -119,6 +119,7 @@ impl<'m> Run<'m> {
             step: 0,
             signal_valid: [false; MAX_QUEUES],
             signal_forgotten: [false; MAX_QUEUES],
+            event_moved_at: [None; MAX_QUEUES],
             dropping: None,
             used_seen: [None; MAX_QUEUES],
             scenarios: Scenarios::default(),
@@ -156,6 +157,7 @@ impl<'m> Run<'m> {
         self.call(|d, _| d.write_status(S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK))?;
         self.signal_valid = [false; MAX_QUEUES];
         self.signal_forgotten = [false; MAX_QUEUES];
+        self.event_moved_at = [None; MAX_QUEUES];
         Ok(())
     }
 

@@ -36,6 +36,11 @@ pub(crate) enum Reaction {
 }
 
 impl ErrorPolicy {
+    /// Whether it parks a request for some error.
+    pub(crate) fn parks(self) -> bool {
+        matches!(self, ErrorPolicy::Stop | ErrorPolicy::Enospc)
+    }
+
     pub(crate) fn reaction(self, error: IoError) -> Reaction {
         match (self, error) {
             (ErrorPolicy::Report, _) | (ErrorPolicy::Enospc, IoError::Io) => Reaction::Report,

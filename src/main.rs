@@ -229,6 +229,10 @@ enum Command {
         /// Queues offered, 1 to 4.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
         queues: u16,
+        /// Disk faults from the start: a file with lines `read|write SECTOR eio|enospc`, as a
+        /// template's {faults} placeholder gives.
+        #[arg(long)]
+        faults: Option<PathBuf>,
     },
 }
 
@@ -351,11 +355,13 @@ fn dispatch(command: Command) -> ExitCode {
             image,
             control,
             queues,
+            faults,
         } => serve(stopfuzz::serve::Options {
             socket,
             image,
             control,
             queues,
+            faults,
         }),
     }
 }

@@ -734,6 +734,27 @@ fn bad_command_lines_are_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let faults = dir.join("faults");
+    for (text, want) in [
+        (None, "faults file"),
+        (Some("write 3 enospc\nwrite three eio\n"), "is not a sector number"),
+    ] {
+        if let Some(text) = text {
+            std::fs::write(&faults, text).unwrap();
+        }
+        let out = Command::new(bin)
+            .args(["serve", "--faults"])
+            .arg(&faults)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--image")
+            .arg(&good)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

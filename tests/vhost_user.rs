@@ -144,9 +144,28 @@ fn qsd_round_trip_with_migration_passes_and_lists_its_skips() {
 #[test]
 fn qsd_fails_writes_where_the_program_says() {
     let _serial = serial();
-    if !qsd_installed() {
-        return;
+    if qsd_installed() {
+        fails_writes_where_the_program_says(vhost_user::template::QSD, None);
     }
+}
+
+/// The same through `stopfuzz serve --faults {faults}`.
+#[test]
+fn serve_fails_writes_where_the_program_says() {
+    let _serial = serial();
+    let command = format!("{} --faults {{faults}}", serve().text);
+    fails_writes_where_the_program_says(&command, Some("stopfuzz-reference"));
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}
+
+fn fails_writes_where_the_program_says(command: &str, id: Option<&str>) {
+    let template = |policy| {
+        let mut t = Template::parse(command, policy).unwrap();
+        if let Some(id) = id {
+            t.set_id(id).unwrap();
+        }
+        t
+    };
     let program = Program {
         config: config(),
         ops: vec![
@@ -160,12 +179,10 @@ fn qsd_fails_writes_where_the_program_says() {
             Op::Poll,
         ],
     };
-    assert_eq!(
-        run(device(Template::qsd()), &program).outcome,
-        Outcome::Pass
-    );
-    let wrong = Template::parse(vhost_user::template::QSD, "ignore").unwrap();
-    let report = run(device(wrong), &program);
+    let report = run(device(template("report")), &program);
+    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    let report = run(device(template("ignore")), &program);
     let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
     match report.outcome {
         Outcome::Finding(f) => {

@@ -65,6 +65,58 @@ pub struct Fault {
     pub error: IoError,
 }
 
+impl std::fmt::Display for Fault {
+    /// One line of a `{faults}` file: `write 12 enospc`, `read 3 eio`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.write { "write" } else { "read" };
+        let error = match self.error {
+            IoError::NoSpace => "enospc",
+            IoError::Io => "eio",
+        };
+        write!(f, "{kind} {} {error}", self.sector)
+    }
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<Fault, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [kind, sector, error] = words[..] else {
+            return Err(format!(
+                "{line:?}: a fault is `read|write SECTOR eio|enospc`"
+            ));
+        };
+        let write = match kind {
+            "write" => true,
+            "read" => false,
+            _ => return Err(format!("{line:?}: {kind:?} is neither read nor write")),
+        };
+        let sector = sector
+            .parse()
+            .map_err(|_| format!("{line:?}: {sector:?} is not a sector number"))?;
+        let error = match error {
+            "enospc" => IoError::NoSpace,
+            "eio" => IoError::Io,
+            _ => return Err(format!("{line:?}: {error:?} is neither eio nor enospc")),
+        };
+        Ok(Fault {
+            write,
+            sector,
+            error,
+        })
+    }
+}
+
+/// The faults of a `{faults}` file: one per line, blank lines and `#` comments ignored.
+pub fn parse_faults(text: &str) -> Result<Vec<Fault>, String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::parse)
+        .collect()
+}
+
 /// What a device is, read from the device: the harness expects what this says, never what
 /// it asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use crate::contract::Contract;
 use crate::driver::Driver;
 use crate::driver::layout::MEM_SIZE;
 use crate::dut::Fault;
-use crate::dut::{Events, Factory, Want, WriteObservation};
+use crate::dut::{DiskControl, Events, Factory, Want, WriteObservation};
 use crate::memory::GuestMem;
 use crate::model::Model;
 use crate::oracle::skipped::Offered;
@@ -72,6 +72,8 @@ impl<'m> Run<'m> {
             snapshot_inspection: dev.snapshot_inspection().is_some(),
             driver_stop: features & trigger != 0,
             remote: !caps.deterministic,
+            faults: caps.disk == DiskControl::Harness || caps.faults,
+            parks: desc.contract.write_policy.parks() || desc.contract.read_policy.parks(),
         };
         let start = if dev.ring_base().is_some() {
             cfg.start_index

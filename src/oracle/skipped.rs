@@ -17,6 +17,10 @@ pub(crate) struct Offered {
     pub driver_stop: bool,
     /// The device runs on its own time (another process).
     pub remote: bool,
+    /// It injects the disk faults the program asks for ([`crate::dut::Capabilities::faults`]).
+    pub faults: bool,
+    /// Its error policy parks a failed request, for some error.
+    pub parks: bool,
 }
 
 /// A check, or the part of one, that could not run.
@@ -52,11 +56,18 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
         ExactlyOnce,
         "disk I/O is not observed; used entries are",
     );
-    skip(external, Parked, "no disk fault can be injected");
+    let faultless = external && !o.faults;
+    skip(faultless, Parked, "no disk fault can be injected");
     skip(
-        external,
+        faultless,
         Data,
         "no disk fault can be injected, so no error status",
+    );
+    // The reference takes each program's policy; a back-end declares one.
+    skip(
+        external && o.faults && !o.parks,
+        Parked,
+        "the back-end's declared error policy never parks a request",
     );
     let positions = "the device shows no ring positions";
     skip(!o.introspection, AvailWindow, positions);
@@ -127,6 +138,8 @@ mod tests {
             snapshot_inspection: true,
             driver_stop: true,
             remote: false,
+            faults: false,
+            parks: true,
         };
         assert!(skipped(&full).is_empty());
         let remote = Offered {
@@ -145,5 +158,21 @@ mod tests {
             assert!(ids.contains(&i), "{i}");
         }
         assert!(!ids.contains(&Invariant::Notify));
+        let reporting = Offered {
+            disk: DiskControl::External,
+            ..full
+        };
+        let data = |o: &Offered| skipped(o).iter().any(|s| s.invariant == Invariant::Data);
+        assert!(data(&reporting), "no faults, no error status");
+        assert!(!data(&Offered {
+            faults: true,
+            ..reporting
+        }));
+        let parked = skipped(&Offered {
+            faults: true,
+            parks: false,
+            ..reporting
+        });
+        assert!(parked.iter().any(|s| s.invariant == Invariant::Parked));
     }
 }

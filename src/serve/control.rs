@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use super::disk::FailRule;
+use super::disk::{Applies, FailRule};
 use crate::backend::IoError;
 
 /// The longest command line read; a longer one is answered `err` and skipped.
@@ -63,6 +63,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 count,
                 error,
                 once,
+                applies: Applies::Both,
             }))
         }
         ["clear"] => Ok(Command::Clear),
@@ -162,7 +163,8 @@ mod tests {
                 first: 8,
                 count: 4,
                 error: IoError::NoSpace,
-                once: true
+                once: true,
+                applies: Applies::Both,
             }))
         );
         assert_eq!(parse("release-nth 0"), Ok(Command::ReleaseNth(0)));

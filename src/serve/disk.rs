@@ -23,16 +23,50 @@ pub struct FailRule {
     pub error: IoError,
     /// The rule goes away after the first I/O it fails.
     pub once: bool,
+    /// Which I/O it fails.
+    pub applies: Applies,
+}
+
+/// The I/O a [`FailRule`] fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applies {
+    /// Reads and writes.
+    Both,
+    /// Reads only.
+    Reads,
+    /// Writes only.
+    Writes,
+}
+
+impl From<crate::dut::Fault> for FailRule {
+    /// A `{faults}` file's fault: persistent, on one sector, reads or writes.
+    fn from(f: crate::dut::Fault) -> FailRule {
+        FailRule {
+            first: f.sector,
+            count: 1,
+            error: f.error,
+            once: false,
+            applies: if f.write {
+                Applies::Writes
+            } else {
+                Applies::Reads
+            },
+        }
+    }
 }
 
 impl FailRule {
     /// Whether the rule covers a read or write of `bytes` bytes from `sector` on. Flushes
     /// never match: they touch no sector.
     fn covers(&self, io: &Io) -> bool {
-        let (sector, bytes) = match io {
-            Io::Read { sector, len } => (*sector, u64::from(*len)),
-            Io::Write { sector, data } => (*sector, data.len() as u64),
-            Io::Flush => return false,
+        let (sector, bytes) = match (io, self.applies) {
+            (Io::Read { sector, len }, Applies::Both | Applies::Reads) => {
+                (*sector, u64::from(*len))
+            }
+            (Io::Write { sector, data }, Applies::Both | Applies::Writes) => {
+                (*sector, data.len() as u64)
+            }
+            _ => return false,
         };
         let end = sector.saturating_add(bytes.div_ceil(SECTOR_SIZE).max(1));
         let rule_end = self.first.saturating_add(self.count);
@@ -264,12 +298,14 @@ mod tests {
             count: 2,
             error: IoError::NoSpace,
             once: true,
+            applies: Applies::Both,
         });
         d.add_rule(FailRule {
             first: 6,
             count: 1,
             error: IoError::Io,
             once: false,
+            applies: Applies::Both,
         });
         let results: Vec<_> = [
             write(1, 1),
@@ -297,6 +333,26 @@ mod tests {
         d.submit(Io::Flush);
         assert_eq!(d.next_completion().unwrap().result, Ok(vec![]));
         assert_eq!(d.rules(), 1);
+    }
+
+    #[test]
+    fn a_rule_for_writes_lets_reads_through() {
+        let mut d = disk(8);
+        d.add_rule(
+            crate::dut::Fault {
+                write: true,
+                sector: 2,
+                error: IoError::NoSpace,
+            }
+            .into(),
+        );
+        d.submit(Io::Read {
+            sector: 2,
+            len: 512,
+        });
+        assert!(d.next_completion().unwrap().result.is_ok());
+        d.submit(write(2, 1));
+        assert_eq!(d.next_completion().unwrap().result, Err(IoError::NoSpace));
     }
 
     #[test]

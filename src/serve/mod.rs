@@ -41,6 +41,8 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// Queues offered, 1 to [`crate::device::MAX_QUEUES`].
     pub queues: u16,
+    /// A `{faults}` file: disk faults in place from the start.
+    pub faults: Option<PathBuf>,
 }
 
 impl Options {
@@ -64,6 +66,14 @@ pub enum ServeError {
         path: PathBuf,
         /// Why.
         source: io::Error,
+    },
+    /// The faults file cannot be read or parsed.
+    #[error("faults file {path}: {why}")]
+    Faults {
+        /// The file given.
+        path: PathBuf,
+        /// Why.
+        why: String,
     },
     /// The image holds less than one sector.
     #[error("image {0} is smaller than one 512-byte sector")]
@@ -103,7 +113,21 @@ pub fn run(opts: &Options) -> Result<Ended, ServeError> {
     // Fails only if a logger is already set, e.g. by an embedding program; keep theirs.
     let _ = log::set_logger(&STDERR_LOG).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let (file, sectors) = open_image(&opts.image)?;
-    let device = ServedBlk::new(ImageDisk::new(file, sectors), opts.queues)
+    let mut disk = ImageDisk::new(file, sectors);
+    if let Some(path) = &opts.faults {
+        let text = std::fs::read_to_string(path).map_err(|source| ServeError::Faults {
+            path: path.clone(),
+            why: source.to_string(),
+        })?;
+        let faults = crate::dut::parse_faults(&text).map_err(|why| ServeError::Faults {
+            path: path.clone(),
+            why,
+        })?;
+        for f in faults {
+            disk.add_rule(f.into());
+        }
+    }
+    let device = ServedBlk::new(disk, opts.queues)
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let control_path = opts.control_path();
     claim(&opts.socket)?;

@@ -403,7 +403,7 @@ impl Device for VhostUser {
                 Vec::new()
             },
             id_checked,
-            keeps_data: !(self.site.disk.slow && self.template.injects()),
+            keeps_data: !(self.site.disk.slow && self.template.slows()),
         }
     }
 

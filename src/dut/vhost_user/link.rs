@@ -100,11 +100,10 @@ impl Link {
         let n = site.started.get();
         site.started.set(n + 1);
         let socket = site.scratch.join(&format!("vhost-{n}.sock"));
-        let blkdebug = site.scratch.join("blkdebug.conf");
-        let (argv, config) = template.expand(&socket, &site.image, &blkdebug, &site.disk);
-        if let Some(config) = config {
-            std::fs::write(&blkdebug, config)
-                .map_err(|e| format!("cannot write {}: {e}", blkdebug.display()))?;
+        let (argv, files) = template.expand(&socket, &site.image, site.scratch.path(), &site.disk);
+        for (path, contents) in files {
+            std::fs::write(&path, contents)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
         let process = Process::spawn(&argv, &site.scratch, &socket).map_err(|e| format!("{e}"))?;
         Link::connect(process, socket)

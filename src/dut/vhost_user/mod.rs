@@ -57,7 +57,7 @@ pub fn build(template: &'static Template, want: &Want) -> Result<Box<dyn Device>
         } else {
             Vec::new()
         },
-        slow: want.slow && template.injects(),
+        slow: want.slow && template.slows(),
     };
     let idle = IDLE.with(|idle| idle.borrow_mut().take());
     let backend = match idle {

@@ -8,13 +8,19 @@
 //! - `{blockdev}`: QEMU `--blockdev` arguments for that image (several words), with a
 //!   `blkdebug` layer when the input injects faults; when it asks for a slow disk, a
 //!   `null-co` disk whose every request takes 2 ms and which keeps no data (the model then
-//!   checks no data). Only a template with `{blockdev}` gets faults and slow I/O.
+//!   checks no data);
+//! - `{faults}`: a file the back-end reads at start, one fault per line (`write 12 enospc`,
+//!   `read 3 eio`): every write (read) touching that sector fails with that error. It is
+//!   empty when the input injects none. `stopfuzz serve --faults` takes it.
+//!
+//! Only a template with `{blockdev}` or `{faults}` gets faults, and only `{blockdev}` slow
+//! I/O.
 //!
 //! It also declares the error policy the back-end implements, so the model expects the
 //! right status: qemu-storage-daemon completes every failed request with IOERR (`report`).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::backend::IoError;
 use crate::contract::ErrorPolicy;
@@ -89,10 +95,10 @@ impl Template {
                 let close = rest[open..].find('}').map(|c| open + c);
                 let name = close.map(|c| &rest[open..=c]);
                 match name {
-                    Some("{socket}" | "{image}" | "{blockdev}") => {}
+                    Some("{socket}" | "{image}" | "{blockdev}" | "{faults}") => {}
                     _ => {
                         return Err(format!(
-                            "unknown placeholder in {w:?}; the template takes {{socket}}, {{image}} and {{blockdev}}"
+                            "unknown placeholder in {w:?}; the template takes {{socket}}, {{image}}, {{blockdev}} and {{faults}}"
                         ));
                     }
                 }
@@ -143,33 +149,50 @@ impl Template {
         Ok(())
     }
 
-    /// Whether the back-end gets faults and slow I/O (`{blockdev}`).
+    /// Whether the back-end gets faults (`{blockdev}` or `{faults}`).
     pub fn injects(&self) -> bool {
+        self.words.iter().any(|w| w.contains("{blockdev}") || w.contains("{faults}"))
+    }
+
+    /// Whether the back-end gets a slow disk when the input asks (`{blockdev}`).
+    pub fn slows(&self) -> bool {
         self.words.iter().any(|w| w == "{blockdev}")
     }
 
-    /// The command for one back-end, and the blkdebug configuration it needs (to be
-    /// written to `blkdebug`), if any.
+    /// The command for one back-end, and the files it reads (path, contents), to be
+    /// written into `scratch` first.
     pub fn expand(
         &self,
         socket: &Path,
         image: &Path,
-        blkdebug: &Path,
+        scratch: &Path,
         disk: &Disk,
-    ) -> (Vec<String>, Option<String>) {
-        let faults = self.injects() && !disk.faults.is_empty();
+    ) -> (Vec<String>, Vec<(PathBuf, String)>) {
+        let blkdebug = scratch.join("blkdebug.conf");
+        let faults = scratch.join("faults");
+        let mut files = Vec::new();
         let mut argv = Vec::new();
         for w in &self.words {
             if w == "{blockdev}" {
-                argv.extend(blockdev(image, faults.then_some(blkdebug), disk));
+                let layered = !disk.faults.is_empty();
+                argv.extend(blockdev(image, layered.then_some(&*blkdebug), disk));
+                if layered {
+                    files.push((blkdebug.clone(), blkdebug_config(&disk.faults)));
+                }
                 continue;
+            }
+            if w.contains("{faults}") {
+                let lines: String = disk.faults.iter().map(|f| format!("{f}\n")).collect();
+                files.push((faults.clone(), lines));
             }
             argv.push(
                 w.replace("{socket}", &socket.display().to_string())
-                    .replace("{image}", &image.display().to_string()),
+                    .replace("{image}", &image.display().to_string())
+                    .replace("{faults}", &faults.display().to_string()),
             );
         }
-        (argv, faults.then(|| blkdebug_config(&disk.faults)))
+        files.dedup_by(|a, b| a.0 == b.0);
+        (argv, files)
     }
 
     /// The policy as `--backend-policy` takes it.
@@ -336,12 +359,43 @@ mod tests {
             faults: vec![],
             slow: true,
         };
-        let (argv, config) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &disk);
+        let (argv, files) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &disk);
         assert_eq!(
             argv,
             ["stopfuzz", "serve", "--socket", "/s", "--image", "/i"]
         );
-        assert_eq!(config, None);
+        assert_eq!(files, []);
+    }
+
+    #[test]
+    fn a_faults_file_lists_one_fault_a_line_and_reads_back() {
+        let t = Template::parse("b --socket {socket} --faults={faults}", "report").unwrap();
+        assert!(t.injects() && !t.slows());
+        let faults = vec![
+            Fault {
+                write: true,
+                sector: 3,
+                error: IoError::NoSpace,
+            },
+            Fault {
+                write: false,
+                sector: 60,
+                error: IoError::Io,
+            },
+        ];
+        let disk = Disk {
+            sectors: 64,
+            faults: faults.clone(),
+            slow: false,
+        };
+        let (argv, files) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/d"), &disk);
+        assert_eq!(argv, ["b", "--socket", "/s", "--faults=/d/faults"]);
+        assert_eq!(files, [(PathBuf::from("/d/faults"), "write 3 enospc\nread 60 eio\n".into())]);
+        assert_eq!(crate::dut::parse_faults(&files[0].1), Ok(faults));
+        assert_eq!(crate::dut::parse_faults("# none\n\n"), Ok(vec![]));
+        for bad in ["write 3", "erase 3 eio", "read x eio", "read 3 eperm", "read -1 eio"] {
+            assert!(crate::dut::parse_faults(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -358,13 +412,13 @@ mod tests {
             faults: vec![fault],
             slow: true,
         };
-        let (argv, config) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &disk);
+        let (argv, files) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &disk);
         let line = argv.join(" ");
         assert!(line.contains("--blockdev driver=null-co,size=4096,latency-ns=2000000"));
-        assert!(line.contains("driver=blkdebug,config=/c,image=file0,node-name=dbg0"));
+        assert!(line.contains("driver=blkdebug,config=/c/blkdebug.conf,image=file0,node-name=dbg0"));
         assert!(line.contains("driver=raw,file=dbg0,node-name=disk0"));
         assert!(line.contains("addr.path=/s,"));
-        let config = config.unwrap();
+        let config = &files[0].1;
         assert!(config.contains("iotype = \"write\"") && config.contains("errno = \"28\""));
         assert!(config.contains("sector = \"3\""));
         let plain = Disk {
@@ -373,8 +427,8 @@ mod tests {
             ..disk
         };
         assert!(!line.contains("/i"), "a slow disk keeps no image");
-        let (argv, config) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &plain);
+        let (argv, files) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &plain);
         assert!(argv.join(" ").contains("locking=off,node-name=disk0"));
-        assert_eq!(config, None);
+        assert_eq!(files, []);
     }
 }

@@ -737,7 +737,10 @@ fn bad_command_lines_are_errors() {
     let faults = dir.join("faults");
     for (text, want) in [
         (None, "faults file"),
-        (Some("write 3 enospc\nwrite three eio\n"), "is not a sector number"),
+        (
+            Some("write 3 enospc\nwrite three eio\n"),
+            "is not a sector number",
+        ),
     ] {
         if let Some(text) = text {
             std::fs::write(&faults, text).unwrap();

@@ -16,7 +16,7 @@ fn qsd_installed() -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         eprintln!(
-            "qemu-storage-daemon is not installed: test skipped (ci/qsd-smoke.sh installs it)"
+            "qemu-storage-daemon is not installed: test skipped (ci/vhost-user-smoke.sh qsd installs it)"
         );
     }
     found

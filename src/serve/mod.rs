@@ -127,8 +127,7 @@ pub fn run(opts: &Options) -> Result<Ended, ServeError> {
             disk.add_rule(f.into());
         }
     }
-    let device = ServedBlk::new(disk, opts.queues)
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let device = ServedBlk::new(disk, opts.queues).map_err(|e| ServeError::Setup(e.to_string()))?;
     let control_path = opts.control_path();
     claim(&opts.socket)?;
     claim(&control_path)?;

@@ -91,11 +91,15 @@ impl Link {
         {
             // A spare listens again (QSD does); one that serves a single front-end (its
             // socket removed once connected, `stopfuzz serve`) does not: end it and start a
-            // fresh one. One attempt, no retry: it was listening before its disconnect.
-            if let Ok(stream) = UnixStream::connect(&socket) {
-                return Link::from_stream(process, socket, stream);
+            // fresh one. One attempt, no retry. Its socket may still have been there when
+            // it was kept (`serve` removes it just after accepting, so under load it can
+            // accept the connection and then exit): a spare that fails to negotiate is
+            // ended too. The lifecycle never promises a back-end a second front-end.
+            if let Ok(stream) = UnixStream::connect(&socket)
+                && let Ok(link) = Link::from_stream(process, socket, stream)
+            {
+                return Ok(link);
             }
-            drop(process);
         }
         let n = site.started.get();
         site.started.set(n + 1);

@@ -151,7 +151,9 @@ impl Template {
 
     /// Whether the back-end gets faults (`{blockdev}` or `{faults}`).
     pub fn injects(&self) -> bool {
-        self.words.iter().any(|w| w.contains("{blockdev}") || w.contains("{faults}"))
+        self.words
+            .iter()
+            .any(|w| w.contains("{blockdev}") || w.contains("{faults}"))
     }
 
     /// Whether the back-end gets a slow disk when the input asks (`{blockdev}`).
@@ -390,10 +392,22 @@ mod tests {
         };
         let (argv, files) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/d"), &disk);
         assert_eq!(argv, ["b", "--socket", "/s", "--faults=/d/faults"]);
-        assert_eq!(files, [(PathBuf::from("/d/faults"), "write 3 enospc\nread 60 eio\n".into())]);
+        assert_eq!(
+            files,
+            [(
+                PathBuf::from("/d/faults"),
+                "write 3 enospc\nread 60 eio\n".into()
+            )]
+        );
         assert_eq!(crate::dut::parse_faults(&files[0].1), Ok(faults));
         assert_eq!(crate::dut::parse_faults("# none\n\n"), Ok(vec![]));
-        for bad in ["write 3", "erase 3 eio", "read x eio", "read 3 eperm", "read -1 eio"] {
+        for bad in [
+            "write 3",
+            "erase 3 eio",
+            "read x eio",
+            "read 3 eperm",
+            "read -1 eio",
+        ] {
             assert!(crate::dut::parse_faults(bad).is_err(), "{bad}");
         }
     }
@@ -415,7 +429,9 @@ mod tests {
         let (argv, files) = t.expand(Path::new("/s"), Path::new("/i"), Path::new("/c"), &disk);
         let line = argv.join(" ");
         assert!(line.contains("--blockdev driver=null-co,size=4096,latency-ns=2000000"));
-        assert!(line.contains("driver=blkdebug,config=/c/blkdebug.conf,image=file0,node-name=dbg0"));
+        assert!(
+            line.contains("driver=blkdebug,config=/c/blkdebug.conf,image=file0,node-name=dbg0")
+        );
         assert!(line.contains("driver=raw,file=dbg0,node-name=disk0"));
         assert!(line.contains("addr.path=/s,"));
         let config = &files[0].1;

@@ -10,7 +10,8 @@
 //!               bit 4 EVENT_IDX, bit 5 INDIRECT_DESC, bit 6 FLUSH, bit 7 RING_RESET
 //!   2           queue size 2^(1 + (b % 8)), so 2 to 256
 //!   3           bits 0-1 write policy (Report, Ignore, Stop, Enospc),
-//!               bits 2-3 read policy (Report, Ignore, Stop; 3 reads as Report)
+//!               bits 2-3 read policy (Report, Ignore, Stop; 3 reads as Report),
+//!               bits 4-7 protocol abuse: 4 to 7 pick an Abuse, anything else none
 //!   4..6        start ring index, u16 little-endian
 //!   6           disk size 8 * (1 + b % 8) sectors
 //! then ops      4 bytes each: kind, a, b, c; at most MAX_OPS
@@ -97,6 +98,8 @@ pub struct Config {
     pub start_index: u16,
     /// 8 to 64.
     pub disk_sectors: u16,
+    /// How a hostile front-end breaks the transport protocol, if it does.
+    pub abuse: Option<Abuse>,
 }
 
 /// The kind of a virtio-blk request the driver makes.
@@ -134,6 +137,20 @@ pub enum Jump {
     Ahead,
     /// Half the index space away, across the 16-bit wrap.
     Wrap,
+}
+
+/// How a hostile front-end breaks its transport protocol (vhost-user), as a buggy VMM could.
+/// Only `blk_hostile` asks for it, and only a device in another process does it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Abuse {
+    /// Feature bits the back-end did not offer are acknowledged.
+    UnofferedFeatures,
+    /// A ring restarts from a base one behind the one the back-end returned.
+    BaseBehind,
+    /// A ring's avail address lies outside the memory table.
+    RingOutsideMemory,
+    /// A ring is enabled before it is set up, and stopped twice.
+    OutOfOrder,
 }
 
 /// How a hostile driver corrupts a descriptor.
@@ -531,6 +548,16 @@ impl Config {
             read_policy: read_policy[usize::from((policies >> 2) & 3)],
             start_index: u16::from_le_bytes([start_lo, start_hi]),
             disk_sectors: 8 * (1 + u16::from(disk % 8)),
+            // Bits the other fields leave (0 in inputs older than this field): one program
+            // in four abuses the protocol.
+            abuse: [
+                Abuse::UnofferedFeatures,
+                Abuse::BaseBehind,
+                Abuse::RingOutsideMemory,
+                Abuse::OutOfOrder,
+            ]
+            .get(usize::from(policies >> 4).wrapping_sub(4))
+            .copied(),
         }
     }
 
@@ -553,7 +580,8 @@ impl Config {
             ErrorPolicy::Enospc => 0,
             p => policy(p),
         };
-        let policies = policy(self.write_policy) | read << 2;
+        let abuse = self.abuse.map_or(0, |a| 4 + a as u8);
+        let policies = policy(self.write_policy) | read << 2 | abuse << 4;
         let [start_lo, start_hi] = self.start_index.to_le_bytes();
         let disk = ((self.disk_sectors.clamp(8, 64) / 8 - 1) % 8) as u8;
         [flags, size, policies, start_lo, start_hi, disk]
@@ -642,7 +670,7 @@ impl fmt::Debug for Program {
 /// The `use` lines a program printed with `{:?}` needs.
 pub const RUST_USES: &str = "use stopfuzz::backend::IoError;
 use stopfuzz::contract::{ErrorPolicy, InflightPolicy};
-use stopfuzz::program::{Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};";
+use stopfuzz::program::{Abuse, Config, Corruption, Jump, Op, Program, ReqType, Shape, Trigger};";
 
 /// Writes each enum-typed field's value with its type, by the field's name.
 fn qualify(debug: &str) -> String {
@@ -657,7 +685,7 @@ fn qualify(debug: &str) -> String {
         ("write_policy", "ErrorPolicy"),
         ("read_policy", "ErrorPolicy"),
     ];
-    let mut out = debug.to_string();
+    let mut out = debug.replace(" abuse: Some(", " abuse: Some(Abuse::");
     for (field, ty) in TYPES {
         out = out.replace(&format!(" {field}: "), &format!(" {field}: {ty}::"));
     }

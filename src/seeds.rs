@@ -37,6 +37,7 @@ fn config() -> Config {
         read_policy: ErrorPolicy::Report,
         start_index: 0,
         disk_sectors: 64,
+        abuse: None,
     }
 }
 

@@ -6,7 +6,7 @@ use stopfuzz::dut::DeviceKind;
 use stopfuzz::dut::vhost_user::{self, Template};
 use stopfuzz::engine::{OracleLevel, Outcome};
 use stopfuzz::oracle::Invariant;
-use stopfuzz::program::{Config, Op, Program, ReqType, Shape};
+use stopfuzz::program::{Abuse, Config, Op, Program, ReqType, Shape};
 use stopfuzz::targets::Target;
 
 fn qsd_installed() -> bool {
@@ -350,6 +350,100 @@ fn serve_is_owed_no_notification_for_a_completion_before_used_event_moved() {
         let report = run(dev, &program);
         let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
         assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    }
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}
+
+fn run_hostile(device: DeviceKind, program: &Program) -> stopfuzz::engine::Report {
+    let report = Target::BlkHostile.run_on(device, &program.encode(), true, OracleLevel::Full);
+    vhost_user::shutdown();
+    report
+}
+
+/// A front-end that breaks the protocol in each way `blk_hostile` knows: the served
+/// reference refuses (disconnects) or carries on, never crashes or hangs, and the run
+/// passes. The two abuses it must see are refused, which shows they reached it.
+#[test]
+fn serve_refuses_or_survives_every_protocol_abuse() {
+    let _serial = serial();
+    let mut ops = round_trip().ops;
+    ops.extend([
+        Op::HostStop,
+        Op::HostResume,
+        submit(ReqType::Write, 4),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+    ]);
+    for abuse in [
+        Abuse::UnofferedFeatures,
+        Abuse::BaseBehind,
+        Abuse::RingOutsideMemory,
+        Abuse::OutOfOrder,
+    ] {
+        let program = Program {
+            config: Config {
+                abuse: Some(abuse),
+                event_idx: true,
+                ..config()
+            },
+            ops: ops.clone(),
+        };
+        let report = run_hostile(device(serve()), &program);
+        let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+        assert_eq!(report.outcome, Outcome::Pass, "{abuse:?}:\n{trace}");
+        assert!(trace.contains("breaks the protocol"), "{trace}");
+        if matches!(abuse, Abuse::UnofferedFeatures | Abuse::RingOutsideMemory) {
+            assert!(
+                trace.contains("the back-end refused"),
+                "{abuse:?}:\n{trace}"
+            );
+        }
+    }
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}
+
+/// Refusing a hostile driver is a back-end's right; crashing is not: a back-end killed by
+/// a signal (here SIGABRT, as a failed assertion sends) under protocol abuse is a no-panic
+/// finding.
+#[test]
+fn a_crash_under_a_hostile_driver_is_still_a_finding() {
+    let _serial = serial();
+    let command = format!(
+        "sh -c '(sleep 0.01; kill -ABRT $$) & exec \"$@\"' sh {}",
+        serve().text
+    );
+    let mut t = Template::parse(&command, "report").unwrap();
+    t.set_id("stopfuzz-reference").unwrap();
+    let mut ops = Vec::new();
+    for _ in 0..100 {
+        ops.extend([
+            submit(ReqType::Write, 1),
+            Op::Publish { queue: 0 },
+            Op::Kick { queue: 0 },
+            Op::Poll,
+            Op::Reap { queue: 0 },
+            Op::HostStop,
+            Op::HostResume,
+        ]);
+    }
+    let program = Program {
+        config: Config {
+            abuse: Some(Abuse::OutOfOrder),
+            ..config()
+        },
+        ops,
+    };
+    let report = run_hostile(device(t), &program);
+    match report.outcome {
+        Outcome::Finding(f) => {
+            assert_eq!(f.invariant, Invariant::NoPanic);
+            assert!(f.message.contains("SIGABRT"), "{}", f.message);
+        }
+        Outcome::Pass => panic!(
+            "a back-end that crashed passed:\n{}",
+            report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default()
+        ),
     }
     assert!(children().is_empty(), "no back-end left: {:?}", children());
 }

@@ -51,6 +51,8 @@ pub struct Want {
     pub faults: Vec<Fault>,
     /// A slow disk, so that requests are in flight across a stop.
     pub slow: bool,
+    /// Break the transport protocol this way, for a device that can ([`Capabilities::abuse`]).
+    pub abuse: Option<crate::program::Abuse>,
 }
 
 /// A disk fault a device that does its own I/O is built with: every read (or write) that
@@ -179,6 +181,10 @@ pub struct Capabilities {
     /// signalled (vhost-user: GET/SET_VRING_BASE carry only the ring position), so the
     /// first used update after a resume may notify although none is due.
     pub resume_forgets_signal: bool,
+    /// It breaks its transport protocol as [`Want::abuse`] asks. From then on only what a
+    /// device owes any driver is checked: that it neither crashes, hangs, nor writes where
+    /// it must not. Refusing or disconnecting is its right.
+    pub abuse: bool,
 }
 
 /// What a device signalled since the last [`Device::take_events`].
@@ -212,6 +218,17 @@ impl Events {
             }
         }
     }
+}
+
+/// How a device stopped working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What happened, with the back-end's stderr where there is one.
+    pub why: String,
+    /// It ended the connection itself (an exit, a disconnect, a libvhost-user `vu_panic`),
+    /// rather than crashing (a signal, a Rust panic) or hanging: a refusal, which a hostile
+    /// driver has earned.
+    pub refused: bool,
 }
 
 /// Where a host stop stands, as the device reports it.
@@ -299,9 +316,10 @@ pub trait Device {
     fn disk_image(&self) -> Option<Vec<u8>> {
         None
     }
-    /// Why the device stopped working (a back-end process crashed, exited, panicked or
-    /// broke the connection), once; a `no-panic` finding.
-    fn failure(&mut self) -> Option<String> {
+    /// Why the device stopped working (a back-end process crashed, exited, panicked, hung
+    /// or broke the connection), once: a `no-panic` finding, unless it refused a hostile
+    /// driver.
+    fn failure(&mut self) -> Option<Failure> {
         None
     }
 }

@@ -155,6 +155,7 @@ impl Device for Reduced {
             deterministic: inner.deterministic,
             faults: false,
             resume_forgets_signal: inner.resume_forgets_signal,
+            abuse: inner.abuse,
         }
     }
 
@@ -233,7 +234,7 @@ impl Device for Reduced {
         }
     }
 
-    fn failure(&mut self) -> Option<String> {
+    fn failure(&mut self) -> Option<crate::dut::Failure> {
         self.inner.failure()
     }
 

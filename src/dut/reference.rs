@@ -63,6 +63,7 @@ impl Device for BlkDevice {
             deterministic: true,
             faults: false,
             resume_forgets_signal: false,
+            abuse: false,
         }
     }
 

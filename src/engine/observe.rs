@@ -80,8 +80,13 @@ impl Run<'_> {
             self.synced = self.mem.checkpoint();
         }
         // A device that died is reported as such, ahead of what its death looks like.
-        if let Some(why) = self.dev.failure() {
-            return Err(crate::oracle::always::device_failed(why));
+        if let Some(failure) = self.dev.failure() {
+            // A back-end may refuse a hostile driver: end the connection, or exit.
+            if !(failure.refused && self.hostile) {
+                return Err(crate::oracle::always::device_failed(failure.why));
+            }
+            let first = failure.why.lines().next().unwrap_or_default().to_string();
+            self.note(|| format!("the back-end refused the hostile driver: {first}"));
         }
         self.observe(before, &asked, used, &writes, events, &new_io)
     }

@@ -40,6 +40,7 @@ impl<'m> Run<'m> {
             memory: mem.share(),
             faults: faults(&program.ops, capacity),
             slow: program.ops.contains(&Op::DiskFull),
+            abuse: cfg.abuse.filter(|_| mode == Mode::Hostile),
         };
         let mut dev = factory
             .build(&want)
@@ -116,7 +117,8 @@ impl<'m> Run<'m> {
             cfg,
             mode,
             features,
-            hostile: false,
+            // A device that breaks its protocol is owed only what any driver is owed.
+            hostile: want.abuse.is_some() && caps.abuse,
             stops: Stops::default(),
             step: 0,
             signal_valid: [false; MAX_QUEUES],
@@ -134,6 +136,9 @@ impl<'m> Run<'m> {
             polling: false,
             checks,
         };
+        if let Some(abuse) = want.abuse.filter(|_| caps.abuse) {
+            run.note(|| format!("the front-end breaks the protocol: {abuse:?}"));
+        }
         if start != run.cfg.start_index {
             run.note(|| "the device cannot set a ring base: rings start at 0".into());
         }

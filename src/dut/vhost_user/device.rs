@@ -31,10 +31,11 @@ use super::link::{F_PROTOCOL_FEATURES, Link, Site};
 use super::template::Template;
 use crate::contract::Contract;
 use crate::dut::{
-    Capabilities, Description, Device, DeviceError, DiskControl, Env, Events, HostControl,
+    Capabilities, Description, Device, DeviceError, DiskControl, Env, Events, Failure, HostControl,
     Migration, RingBase, StopState, Want, WriteObservation,
 };
 use crate::memory::Share;
+use crate::program::Abuse;
 use crate::virtio::*;
 
 /// How long used idx must stay still before a poll calls the back-end quiet.
@@ -70,6 +71,8 @@ struct Ring {
     /// Started since used idx last moved: the back-end does not know which used index it
     /// last signalled, so its next used update may notify although none is due.
     fresh: bool,
+    /// `base` is what GET_VRING_BASE returned.
+    returned: bool,
 }
 
 impl Ring {
@@ -90,6 +93,7 @@ impl Ring {
             seen_used: 0,
             gave_up: None,
             fresh: false,
+            returned: false,
         })
     }
 }
@@ -107,12 +111,16 @@ pub struct VhostUser {
     host: StopState,
     contract: Contract,
     /// Why the back-end failed, until taken by `failure`.
-    failed: Option<String>,
+    failed: Option<Failure>,
     /// Failed at some point: not to be reused.
     broken: bool,
     events: Events,
     capacity: u64,
     num_queues: u16,
+    /// How this front-end breaks the protocol (`blk_hostile`).
+    abuse: Option<Abuse>,
+    /// The virtio features the back-end offered, kept once it is gone.
+    offered: u64,
 }
 
 impl VhostUser {
@@ -124,6 +132,7 @@ impl VhostUser {
         share: Share,
     ) -> Result<VhostUser, DeviceError> {
         let Backend { site, link } = backend;
+        let offered = link.offered;
         let capacity = if link.capacity > 0 {
             link.capacity
         } else {
@@ -153,6 +162,8 @@ impl VhostUser {
             events: Events::default(),
             capacity,
             num_queues,
+            abuse: want.abuse,
+            offered,
         })
     }
 
@@ -162,14 +173,25 @@ impl VhostUser {
         match f(link) {
             Ok(v) => Some(v),
             Err(e) => {
+                let hung = timed_out(&e) && link.process.death().is_none();
                 let why = link.failure(&e);
-                self.fail(why);
+                self.fail(match hung {
+                    true => Failure {
+                        why: format!("the back-end hung: {why}"),
+                        refused: false,
+                    },
+                    false => Failure {
+                        refused: !crashed(&why),
+                        why,
+                    },
+                });
                 None
             }
         }
     }
 
-    fn fail(&mut self, why: String) {
+    /// The back-end is gone.
+    fn fail(&mut self, why: Failure) {
         self.broken = true;
         if self.failed.is_none() {
             self.failed = Some(why);
@@ -209,26 +231,41 @@ impl VhostUser {
         }
         let host = self.share.host_addr;
         let r = &self.rings[q];
+        let outside = self.abuse == Some(Abuse::RingOutsideMemory);
         let config = VringConfigData {
             queue_max_size: MAX_QUEUE_SIZE,
             queue_size: r.size,
             flags: 0,
             desc_table_addr: host + r.desc,
             used_ring_addr: host + r.used,
-            avail_ring_addr: host + r.avail,
+            avail_ring_addr: if outside {
+                host + self.share.size + r.avail
+            } else {
+                host + r.avail
+            },
             log_addr: None,
         };
-        let (size, base) = (r.size, r.base);
+        let behind = self.abuse == Some(Abuse::BaseBehind) && r.returned;
+        let (size, base) = (r.size, r.base.wrapping_sub(u16::from(behind)));
+        let early = self.abuse == Some(Abuse::OutOfOrder);
         let (call, kick) = (
             r.call.try_clone().map_err(|e| e.to_string()),
             r.kick.try_clone().map_err(|e| e.to_string()),
         );
         let (call, kick) = match (call, kick) {
             (Ok(c), Ok(k)) => (c, k),
-            (Err(e), _) | (_, Err(e)) => return self.fail(format!("cannot clone an eventfd: {e}")),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.fail(Failure {
+                    why: format!("cannot clone an eventfd: {e}"),
+                    refused: false,
+                });
+            }
         };
         let protocol = self.driver_features & F_PROTOCOL_FEATURES != 0;
         let ok = self.vu(|l| {
+            if early && protocol {
+                l.fe.set_vring_enable(q, true)?;
+            }
             l.fe.set_vring_num(q, size)?;
             l.fe.set_vring_base(q, base)?;
             l.fe.set_vring_addr(q, &config)?;
@@ -265,8 +302,17 @@ impl VhostUser {
             return;
         }
         self.rings[q].started = false;
-        if let Some(base) = self.vu(|l| l.fe.get_vring_base(q)) {
+        let twice = self.abuse == Some(Abuse::OutOfOrder);
+        let got = self.vu(|l| {
+            let base = l.fe.get_vring_base(q)?;
+            if twice {
+                l.fe.get_vring_base(q)?;
+            }
+            Ok(base)
+        });
+        if let Some(base) = got {
             self.rings[q].base = base as u16;
+            self.rings[q].returned = true;
         }
     }
 
@@ -326,7 +372,10 @@ impl VhostUser {
             && let Some(death) = link.process.death()
         {
             let why = format!("{death}; its stderr:\n{}", link.process.stderr());
-            self.fail(why);
+            self.fail(Failure {
+                refused: !crashed(&why),
+                why,
+            });
         }
     }
 
@@ -387,11 +436,34 @@ impl VhostUser {
     }
 }
 
+/// A reply that did not come in time.
+fn timed_out(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    match e {
+        vhost::Error::VhostUserProtocol(
+            E::SocketError(io) | E::SocketRetry(io) | E::SocketBroken(io),
+        ) => matches!(
+            io.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        _ => false,
+    }
+}
+
+/// A death that is a crash, not an exit: killed by a signal, or a Rust panic.
+fn crashed(why: &str) -> bool {
+    why.contains("signal: ") || why.contains("panicked at")
+}
+
+/// Virtio feature bits a front-end acknowledges without their being offered: the first one
+/// the back-end lacks.
+const UNOFFERED: [u64; 4] = [1 << 34, 1 << 33, 1 << 31, 1 << 27];
+
 impl Device for VhostUser {
     fn describe(&self) -> Description {
         let (device_id, id_checked) = self.template.device_id();
         Description {
-            features: self.link.as_ref().map_or(0, |l| l.offered),
+            features: self.offered,
             num_queues: self.num_queues,
             queue_max_size: MAX_QUEUE_SIZE,
             capacity: self.capacity,
@@ -414,6 +486,7 @@ impl Device for VhostUser {
             deterministic: false,
             faults: self.template.injects(),
             resume_forgets_signal: true,
+            abuse: true,
         }
     }
 
@@ -431,6 +504,7 @@ impl Device for VhostUser {
                 let _ = r.kick.read();
                 (r.size, r.desc, r.avail, r.used) = (0, 0, 0, 0);
                 (r.base, r.enabled, r.kicked, r.seen_used) = (0, false, 0, 0);
+                r.returned = false;
             }
             // A host stop outlasts a device reset: the VMM resumes it, not the guest.
             self.status = 0;
@@ -439,11 +513,16 @@ impl Device for VhostUser {
         }
         let mut value = value;
         if value & S_FEATURES_OK != 0 && self.status & S_FEATURES_OK == 0 {
-            let offered = self.link.as_ref().map_or(0, |l| l.offered);
+            let offered = self.offered;
             if self.driver_features & !offered != 0 {
                 value &= !S_FEATURES_OK;
             } else {
-                let f = self.driver_features | F_PROTOCOL_FEATURES;
+                let mut f = self.driver_features | F_PROTOCOL_FEATURES;
+                if self.abuse == Some(Abuse::UnofferedFeatures)
+                    && let Some(bit) = UNOFFERED.iter().find(|&&b| offered & b == 0)
+                {
+                    f |= bit;
+                }
                 if self.vu(|l| l.fe.set_features(f)).is_some() {
                     self.driver_features = f;
                 }
@@ -492,7 +571,7 @@ impl Device for VhostUser {
         if q < self.rings.len() {
             self.stop_ring(q);
             let r = &mut self.rings[q];
-            (r.enabled, r.base) = (false, 0);
+            (r.enabled, r.base, r.returned) = (false, 0, false);
         }
     }
 
@@ -538,7 +617,7 @@ impl Device for VhostUser {
         std::fs::read(&self.site.image).ok()
     }
 
-    fn failure(&mut self) -> Option<String> {
+    fn failure(&mut self) -> Option<Failure> {
         self.check_alive();
         self.failed.take()
     }
@@ -607,6 +686,7 @@ impl Migration for VhostUser {
             memory: Some(self.share),
             faults: self.site.disk.faults.clone(),
             slow: self.site.disk.slow,
+            abuse: self.abuse,
         };
         let mut dev = VhostUser::new(self.template, backend, &want, self.share)?;
         dev.host = StopState::Stopped;
@@ -614,7 +694,9 @@ impl Migration for VhostUser {
         if saved.status & S_FEATURES_OK != 0 {
             let f = saved.features;
             if dev.vu(|l| l.fe.set_features(f)).is_none() {
-                return Err(DeviceError::Refused(dev.failed.take().unwrap_or_default()));
+                return Err(DeviceError::Refused(
+                    dev.failed.take().map(|f| f.why).unwrap_or_default(),
+                ));
             }
         }
         dev.driver_features = saved.features;
@@ -626,6 +708,7 @@ impl Migration for VhostUser {
                 (r.kick, r.call) = (kick, call);
             }
             r.kicked = s.4;
+            r.returned = true;
             r.seen_used = self.read16(s.3 + 2);
         }
         // The source is disconnected: the new one serves the disk. It stays as the next
@@ -692,7 +775,7 @@ impl Saved {
 impl RingBase for VhostUser {
     fn set_base(&mut self, q: u16, index: u16) {
         if let Some(r) = self.rings.get_mut(usize::from(q)) {
-            r.base = index;
+            (r.base, r.returned) = (index, false);
         }
     }
 }

@@ -85,8 +85,17 @@ impl Run<'_> {
             if !(failure.refused && self.hostile) {
                 return Err(crate::oracle::always::device_failed(failure.why));
             }
-            let first = failure.why.lines().next().unwrap_or_default().to_string();
-            self.note(|| format!("the back-end refused the hostile driver: {first}"));
+            // Its death, and why it said it refused (else the last thing it said).
+            let mut lines = failure.why.lines().filter(|l| !l.trim().is_empty());
+            let first = lines.next().unwrap_or_default().to_string();
+            let rest: Vec<&str> = lines.collect();
+            let said = rest
+                .iter()
+                .find(|l| l.contains("refus") || l.contains("vu_panic"))
+                .or(rest.last())
+                .map(|l| format!(" / {l}"))
+                .unwrap_or_default();
+            self.note(|| format!("the back-end refused the hostile driver: {first}{said}"));
         }
         self.observe(before, &asked, used, &writes, events, &new_io)
     }

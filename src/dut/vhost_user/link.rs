@@ -18,6 +18,8 @@ pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// A back-end that answers nothing for this long has hung.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a started back-end has to listen on its socket.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The files one disk lives in: the image, the blkdebug configuration, the sockets. Shared
 /// by the back-ends that serve it one after another (migration).
@@ -230,19 +232,20 @@ impl Link {
     }
 }
 
+/// Waits for a freshly started back-end to listen: most take a millisecond or two, so the
+/// socket is tried often, for at most [`LISTEN_TIMEOUT`].
 fn connect(socket: &std::path::Path) -> std::io::Result<UnixStream> {
-    let mut tries = 0;
+    let start = std::time::Instant::now();
     loop {
         match UnixStream::connect(socket) {
             Ok(s) => return Ok(s),
-            Err(e) if tries < 200 => {
-                tries += 1;
-                if e.kind() != std::io::ErrorKind::ConnectionRefused
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(e);
-                }
-                std::thread::sleep(Duration::from_millis(5));
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) && start.elapsed() < LISTEN_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_micros(100));
             }
             Err(e) => return Err(e),
         }

@@ -11,7 +11,7 @@
 //!   2           queue size 2^(1 + (b % 8)), so 2 to 256
 //!   3           bits 0-1 write policy (Report, Ignore, Stop, Enospc),
 //!               bits 2-3 read policy (Report, Ignore, Stop; 3 reads as Report),
-//!               bits 4-7 protocol abuse: 4 to 7 pick an Abuse, anything else none
+//!               bits 4-7 protocol abuse: 4 to 8 pick an Abuse, anything else none
 //!   4..6        start ring index, u16 little-endian
 //!   6           disk size 8 * (1 + b % 8) sectors
 //! then ops      4 bytes each: kind, a, b, c; at most MAX_OPS
@@ -151,6 +151,9 @@ pub enum Abuse {
     RingOutsideMemory,
     /// A ring is enabled before it is set up, and stopped twice.
     OutOfOrder,
+    /// INFLIGHT_SHMFD is acknowledged whether offered or not, and a migration hands the new
+    /// back-end an inflight region that claims every descriptor in flight.
+    InflightDisagrees,
 }
 
 /// How a hostile driver corrupts a descriptor.
@@ -548,13 +551,14 @@ impl Config {
             read_policy: read_policy[usize::from((policies >> 2) & 3)],
             start_index: u16::from_le_bytes([start_lo, start_hi]),
             disk_sectors: 8 * (1 + u16::from(disk % 8)),
-            // Bits the other fields leave (0 in inputs older than this field): one program
-            // in four abuses the protocol.
+            // Bits the other fields leave (0 in inputs older than this field): five values
+            // in sixteen abuse the protocol.
             abuse: [
                 Abuse::UnofferedFeatures,
                 Abuse::BaseBehind,
                 Abuse::RingOutsideMemory,
                 Abuse::OutOfOrder,
+                Abuse::InflightDisagrees,
             ]
             .get(usize::from(policies >> 4).wrapping_sub(4))
             .copied(),

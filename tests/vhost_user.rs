@@ -380,6 +380,7 @@ fn serve_refuses_or_survives_every_protocol_abuse() {
         Abuse::BaseBehind,
         Abuse::RingOutsideMemory,
         Abuse::OutOfOrder,
+        Abuse::InflightDisagrees,
     ] {
         let program = Program {
             config: Config {
@@ -445,5 +446,36 @@ fn a_crash_under_a_hostile_driver_is_still_a_finding() {
             report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default()
         ),
     }
+    assert!(children().is_empty(), "no back-end left: {:?}", children());
+}
+
+/// QSD takes INFLIGHT_SHMFD although it does not offer it, and re-runs what an inflight
+/// region claims after a reconnect. Handed a region that claims every descriptor in
+/// flight, it checks the chains it re-runs and refuses (`vu_panic`) rather than crashing.
+#[test]
+fn qsd_refuses_an_inflight_region_that_disagrees_with_the_rings() {
+    let _serial = serial();
+    if !qsd_installed() {
+        return;
+    }
+    let mut ops = round_trip().ops;
+    ops.extend([
+        submit(ReqType::Write, 4),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Migrate,
+        Op::Poll,
+    ]);
+    let program = Program {
+        config: Config {
+            abuse: Some(Abuse::InflightDisagrees),
+            ..config()
+        },
+        ops,
+    };
+    let report = run_hostile(device(Template::qsd()), &program);
+    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    assert!(trace.contains("the back-end refused"), "{trace}");
     assert!(children().is_empty(), "no back-end left: {:?}", children());
 }

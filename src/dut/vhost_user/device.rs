@@ -17,13 +17,15 @@
 //! driver's rules make due is waited for, at most [`NOTIFY_WAIT`]. Anything the back-end does
 //! later is seen, and judged, at a later call.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost::VhostBackend;
 use vhost::VringConfigData;
-use vhost::vhost_user::VhostUserFrontend;
+use vhost::vhost_user::message::VhostUserInflight;
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::Backend;
@@ -121,6 +123,15 @@ pub struct VhostUser {
     abuse: Option<Abuse>,
     /// The virtio features the back-end offered, kept once it is gone.
     offered: u64,
+    /// The inflight region (INFLIGHT_SHMFD): the VMM's, so a migration hands it on.
+    inflight: Option<Inflight>,
+}
+
+/// An inflight region, and whether this device's back-end has been given it.
+struct Inflight {
+    info: VhostUserInflight,
+    file: std::fs::File,
+    sent: bool,
 }
 
 impl VhostUser {
@@ -164,6 +175,7 @@ impl VhostUser {
             num_queues,
             abuse: want.abuse,
             offered,
+            inflight: None,
         })
     }
 
@@ -327,12 +339,47 @@ impl VhostUser {
             return;
         }
         let share = self.share;
-        if self.vu(|l| l.map(share)).is_none() {
+        if self.vu(|l| l.map(share)).is_none() || !self.share_inflight() {
             return;
         }
         for q in 0..self.rings.len() {
             self.start(q);
         }
+    }
+
+    /// With INFLIGHT_SHMFD, before the rings start: a new region from the back-end the
+    /// first time, then the same region (SET_INFLIGHT_FD) for every back-end that takes over.
+    /// False if the back-end failed.
+    fn share_inflight(&mut self) -> bool {
+        let negotiated = self.link.as_ref().is_some_and(|l| {
+            l.protocol
+                .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+        });
+        if !negotiated || self.inflight.as_ref().is_some_and(|i| i.sent) {
+            return true;
+        }
+        if self.inflight.is_none() {
+            let ask = VhostUserInflight::new(
+                0,
+                0,
+                self.rings.len() as u16,
+                self.rings.iter().map(|r| r.size).max().unwrap_or(0),
+            );
+            let Some((info, file)) = self.vu(|l| l.fe.get_inflight_fd(&ask)) else {
+                return false;
+            };
+            self.inflight = Some(Inflight {
+                info,
+                file,
+                sent: false,
+            });
+        }
+        let Some(inflight) = self.inflight.as_mut() else {
+            return true;
+        };
+        let (info, fd) = (inflight.info, inflight.file.as_raw_fd());
+        inflight.sent = true;
+        self.vu(|l| l.fe.set_inflight_fd(&info, fd)).is_some()
     }
 
     /// The quiescence rule (module docs).
@@ -433,6 +480,29 @@ impl VhostUser {
         self.stop_all();
         self.check_alive();
         idle && self.link.is_some()
+    }
+}
+
+/// Marks every descriptor of every queue in flight in an inflight region, in the split-ring
+/// layout the vhost-user spec gives (per queue, 64-byte aligned: a 16-byte header, then 16
+/// bytes per descriptor: `inflight: u8, padding[5], next: u16, counter: u64`). Whatever the
+/// rings hold, the region now claims all of it was running.
+fn claim_all_in_flight(file: &std::fs::File, info: &VhostUserInflight) {
+    use std::os::unix::fs::FileExt;
+    let queues = u64::from(info.num_queues.max(1));
+    let per_queue = info.mmap_size / queues;
+    for q in 0..queues {
+        let base = info.mmap_offset + q * per_queue;
+        for d in 0..u64::from(info.queue_size) {
+            let at = base + 16 + 16 * d;
+            if at + 16 > base + per_queue {
+                break;
+            }
+            let mut state = [0u8; 16];
+            state[0] = 1;
+            state[8..].copy_from_slice(&(d + 1).to_le_bytes());
+            let _ = file.write_at(&state, at);
+        }
     }
 }
 
@@ -674,7 +744,8 @@ impl Migration for VhostUser {
     ) -> Result<Box<dyn Device>, DeviceError> {
         let saved = Saved::decode(bytes, self.rings.len(), self.share.size)
             .map_err(DeviceError::Refused)?;
-        let link = Link::open(self.template, &self.site).map_err(DeviceError::Refused)?;
+        let inflight = self.abuse == Some(Abuse::InflightDisagrees);
+        let link = Link::open(self.template, &self.site, inflight).map_err(DeviceError::Refused)?;
         let backend = Backend {
             site: self.site.clone(),
             link,
@@ -700,6 +771,18 @@ impl Migration for VhostUser {
             }
         }
         dev.driver_features = saved.features;
+        if let Some(old) = &self.inflight
+            && let Ok(file) = old.file.try_clone()
+        {
+            if self.abuse == Some(Abuse::InflightDisagrees) {
+                claim_all_in_flight(&file, &old.info);
+            }
+            dev.inflight = Some(Inflight {
+                info: old.info,
+                file,
+                sent: false,
+            });
+        }
         for ((r, s), old) in dev.rings.iter_mut().zip(&saved.rings).zip(&self.rings) {
             (r.size, r.desc, r.avail, r.used, r.base, r.enabled) = (s.0, s.1, s.2, s.3, s.4, s.5);
             // The VMM's kick and call eventfds outlive the back-end: a kick the guest made

@@ -86,7 +86,9 @@ pub struct Link {
 
 impl Link {
     /// Connects to `site`'s spare back-end, or starts one from `template`, and negotiates.
-    pub fn open(template: &Template, site: &Site) -> Result<Link, String> {
+    /// `inflight`: acknowledge INFLIGHT_SHMFD even if it is not offered (a hostile
+    /// front-end).
+    pub fn open(template: &Template, site: &Site, inflight: bool) -> Result<Link, String> {
         let spare = site.spare.borrow_mut().take();
         if let Some((mut process, socket)) = spare
             && process.death().is_none()
@@ -98,7 +100,7 @@ impl Link {
             // accept the connection and then exit): a spare that fails to negotiate is
             // ended too. The lifecycle never promises a back-end a second front-end.
             if let Ok(stream) = UnixStream::connect(&socket)
-                && let Ok(link) = Link::from_stream(process, socket, stream)
+                && let Ok(link) = Link::from_stream(process, socket, stream, inflight)
             {
                 return Ok(link);
             }
@@ -112,10 +114,10 @@ impl Link {
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
         let process = Process::spawn(&argv, &site.scratch, &socket).map_err(|e| format!("{e}"))?;
-        Link::connect(process, socket)
+        Link::connect(process, socket, inflight)
     }
 
-    fn connect(process: Process, socket: PathBuf) -> Result<Link, String> {
+    fn connect(process: Process, socket: PathBuf, inflight: bool) -> Result<Link, String> {
         let stream = connect(&socket).map_err(|e| {
             format!(
                 "cannot connect to {}: {e}; the back-end's stderr:\n{}",
@@ -123,10 +125,15 @@ impl Link {
                 process.stderr()
             )
         })?;
-        Link::from_stream(process, socket, stream)
+        Link::from_stream(process, socket, stream, inflight)
     }
 
-    fn from_stream(process: Process, socket: PathBuf, stream: UnixStream) -> Result<Link, String> {
+    fn from_stream(
+        process: Process,
+        socket: PathBuf,
+        stream: UnixStream,
+        inflight: bool,
+    ) -> Result<Link, String> {
         stream
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
@@ -141,12 +148,12 @@ impl Link {
             mapped: None,
             socket,
         };
-        link.negotiate().map_err(|e| link.failure(&e))?;
+        link.negotiate(inflight).map_err(|e| link.failure(&e))?;
         Ok(link)
     }
 
     /// Features, protocol features, owner, then what the device is (config space, queues).
-    fn negotiate(&mut self) -> Result<(), vhost::Error> {
+    fn negotiate(&mut self, inflight: bool) -> Result<(), vhost::Error> {
         let features = self.fe.get_features()?;
         self.offered = features & !F_PROTOCOL_FEATURES;
         if features & F_PROTOCOL_FEATURES != 0 {
@@ -154,8 +161,12 @@ impl Link {
             // Only what was offered: acking more is a hostile front-end's move.
             let want = VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::MQ;
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
             self.protocol = offered & want;
+            if inflight {
+                self.protocol |= VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+            }
             self.fe.set_protocol_features(self.protocol)?;
             if self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every message waits for the back-end's answer: errors show at their cause.

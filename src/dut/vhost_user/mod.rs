@@ -61,13 +61,17 @@ pub fn build(template: &'static Template, want: &Want) -> Result<Box<dyn Device>
     };
     let idle = IDLE.with(|idle| idle.borrow_mut().take());
     let backend = match idle {
-        Some((t, b)) if std::ptr::eq(t, template) && b.site.disk == disk => {
+        // A hostile front-end negotiates differently: it gets a fresh back-end.
+        Some((t, b))
+            if std::ptr::eq(t, template) && b.site.disk == disk && want.abuse.is_none() =>
+        {
             b.site.zero().map_err(DeviceError::Build)?;
             b
         }
         _ => {
             let site = Site::new(disk).map_err(DeviceError::Build)?;
-            let link = Link::open(template, &site).map_err(DeviceError::Build)?;
+            let inflight = want.abuse == Some(crate::program::Abuse::InflightDisagrees);
+            let link = Link::open(template, &site, inflight).map_err(DeviceError::Build)?;
             Backend { site, link }
         }
     };

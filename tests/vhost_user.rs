@@ -99,6 +99,43 @@ fn leftovers() -> String {
         .unwrap_or_default()
 }
 
+/// Asserts the run passed, showing its trace if not, and returns the trace.
+fn passes(report: stopfuzz::engine::Report) -> String {
+    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    trace
+}
+
+/// `n` times: a write made, published, kicked, polled and reaped, then `then`.
+fn writes_each_then(n: usize, then: &[Op]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for _ in 0..n {
+        ops.extend([
+            submit(ReqType::Write, 1),
+            Op::Publish { queue: 0 },
+            Op::Kick { queue: 0 },
+            Op::Poll,
+            Op::Reap { queue: 0 },
+        ]);
+        ops.extend_from_slice(then);
+    }
+    ops
+}
+
+/// Asserts the run found `no-panic`, with `text` in its message.
+fn finds_no_panic(report: stopfuzz::engine::Report, text: &str) {
+    match report.outcome {
+        Outcome::Finding(f) => {
+            assert_eq!(f.invariant, Invariant::NoPanic, "{}", f.message);
+            assert!(f.message.contains(text), "{}", f.message);
+        }
+        Outcome::Pass => panic!(
+            "a back-end that died passed:\n{}",
+            report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default()
+        ),
+    }
+}
+
 fn children() -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
@@ -117,15 +154,14 @@ fn qsd_round_trip_with_migration_passes_and_lists_its_skips() {
         return;
     }
     let report = run(device(Template::qsd()), &round_trip());
-    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
-    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    let skipped: Vec<Invariant> = report.skipped.iter().map(|s| s.invariant).collect();
+    let trace = passes(report);
     assert!(trace.contains("migrated"), "the migration ran:\n{trace}");
     assert_eq!(
         trace.matches("at avail position").count(),
         3,
         "every request was made:\n{trace}"
     );
-    let skipped: Vec<Invariant> = report.skipped.iter().map(|s| s.invariant).collect();
     for i in [
         Invariant::AvailWindow,
         Invariant::InuseBound,
@@ -179,9 +215,7 @@ fn fails_writes_where_the_program_says(command: &str, id: Option<&str>) {
             Op::Poll,
         ],
     };
-    let report = run(device(template("report")), &program);
-    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
-    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    passes(run(device(template("report")), &program));
     let report = run(device(template("ignore")), &program);
     let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
     match report.outcome {
@@ -231,30 +265,11 @@ fn a_back_end_that_dies_is_a_no_panic_finding_with_its_stderr() {
         "report",
     )
     .unwrap();
-    let mut ops = Vec::new();
-    for _ in 0..40 {
-        ops.extend([
-            submit(ReqType::Write, 1),
-            Op::Publish { queue: 0 },
-            Op::Kick { queue: 0 },
-            Op::Poll,
-            Op::Reap { queue: 0 },
-            Op::Complete { pick: 3 },
-            Op::Complete { pick: 3 },
-            Op::Complete { pick: 3 },
-        ]);
-    }
     let program = Program {
         config: config(),
-        ops,
+        ops: writes_each_then(40, &[Op::Complete { pick: 3 }; 3]),
     };
-    match run(device(t), &program).outcome {
-        Outcome::Finding(f) => {
-            assert_eq!(f.invariant, Invariant::NoPanic, "{}", f.message);
-            assert!(f.message.contains("vu_panic: planted"), "{}", f.message);
-        }
-        Outcome::Pass => panic!("a back-end that died mid-run passed"),
-    }
+    finds_no_panic(run(device(t), &program), "vu_panic: planted");
     assert!(children().is_empty(), "no back-end left: {:?}", children());
     assert_eq!(leftovers(), "", "no back-end left");
 }
@@ -305,9 +320,7 @@ fn serve_passes_migrations_resumes_and_a_reset_with_a_request_in_flight() {
     };
     let dev = device(serve());
     for _ in 0..10 {
-        let report = run(dev, &program);
-        let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
-        assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+        let trace = passes(run(dev, &program));
         assert_eq!(trace.matches("migrated").count(), 3, "{trace}");
     }
     assert!(children().is_empty(), "no back-end left: {:?}", children());
@@ -347,9 +360,7 @@ fn serve_is_owed_no_notification_for_a_completion_before_used_event_moved() {
     };
     let dev = device(serve());
     for _ in 0..5 {
-        let report = run(dev, &program);
-        let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
-        assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+        passes(run(dev, &program));
     }
     assert!(children().is_empty(), "no back-end left: {:?}", children());
 }
@@ -390,9 +401,7 @@ fn serve_refuses_or_survives_every_protocol_abuse() {
             },
             ops: ops.clone(),
         };
-        let report = run_hostile(device(serve()), &program);
-        let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
-        assert_eq!(report.outcome, Outcome::Pass, "{abuse:?}:\n{trace}");
+        let trace = passes(run_hostile(device(serve()), &program));
         assert!(trace.contains("breaks the protocol"), "{trace}");
         if matches!(abuse, Abuse::UnofferedFeatures | Abuse::RingOutsideMemory) {
             assert!(
@@ -416,36 +425,14 @@ fn a_crash_under_a_hostile_driver_is_still_a_finding() {
     );
     let mut t = Template::parse(&command, "report").unwrap();
     t.set_id("stopfuzz-reference").unwrap();
-    let mut ops = Vec::new();
-    for _ in 0..100 {
-        ops.extend([
-            submit(ReqType::Write, 1),
-            Op::Publish { queue: 0 },
-            Op::Kick { queue: 0 },
-            Op::Poll,
-            Op::Reap { queue: 0 },
-            Op::HostStop,
-            Op::HostResume,
-        ]);
-    }
     let program = Program {
         config: Config {
             abuse: Some(Abuse::OutOfOrder),
             ..config()
         },
-        ops,
+        ops: writes_each_then(100, &[Op::HostStop, Op::HostResume]),
     };
-    let report = run_hostile(device(t), &program);
-    match report.outcome {
-        Outcome::Finding(f) => {
-            assert_eq!(f.invariant, Invariant::NoPanic);
-            assert!(f.message.contains("SIGABRT"), "{}", f.message);
-        }
-        Outcome::Pass => panic!(
-            "a back-end that crashed passed:\n{}",
-            report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default()
-        ),
-    }
+    finds_no_panic(run_hostile(device(t), &program), "SIGABRT");
     assert!(children().is_empty(), "no back-end left: {:?}", children());
 }
 
@@ -473,9 +460,7 @@ fn qsd_refuses_an_inflight_region_that_disagrees_with_the_rings() {
         },
         ops,
     };
-    let report = run_hostile(device(Template::qsd()), &program);
-    let trace = report.trace.map(|t| t.cut(usize::MAX)).unwrap_or_default();
-    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    let trace = passes(run_hostile(device(Template::qsd()), &program));
     assert!(trace.contains("the back-end refused"), "{trace}");
     assert!(children().is_empty(), "no back-end left: {:?}", children());
 }

@@ -255,7 +255,7 @@ fn main() -> ExitCode {
     let code = dispatch(cli.command);
     // Back-end processes this command started end with it.
     vhost_user::shutdown();
-    vhost_user::process::end_all();
+    stopfuzz::dut::process::end_all();
     code
 }
 

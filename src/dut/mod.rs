@@ -15,6 +15,7 @@
 //! reference behind a wrapper that hides capabilities, standing in for a remote device) and
 //! [`vhost_user`] (a front-end driving a back-end in another process).
 
+pub mod process;
 pub mod reduced;
 pub mod reference;
 pub mod vhost_user;

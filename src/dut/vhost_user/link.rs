@@ -9,8 +9,8 @@ use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
 
-use super::process::{Process, Scratch};
 use super::template::{Disk, Template};
+use crate::dut::process::{Process, Scratch};
 use crate::memory::Share;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a virtio feature bit only vhost-user uses.
@@ -40,7 +40,7 @@ pub struct Site {
 impl Site {
     /// A new scratch directory with a zeroed image.
     pub fn new(disk: Disk) -> Result<Rc<Site>, String> {
-        let scratch = Scratch::new().map_err(|e| e.to_string())?;
+        let scratch = Scratch::new("vu").map_err(|e| e.to_string())?;
         let site = Site {
             image: scratch.join("disk.img"),
             scratch,

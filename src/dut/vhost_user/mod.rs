@@ -2,7 +2,7 @@
 //! by stopfuzz from a command template, sharing guest memory through a memfd.
 //!
 //! One job per module: [`template`] (the command and what the back-end promises),
-//! [`process`] (starting and ending back-end processes), [`link`] (one process and the
+//! [`process`](crate::dut::process) (starting and ending back-end processes), [`link`] (one process and the
 //! connection to it), [`device`] (the front-end behind the [`Device`](crate::dut::Device)
 //! boundary).
 //!
@@ -13,7 +13,6 @@
 
 pub mod device;
 pub mod link;
-pub mod process;
 pub mod template;
 
 use std::cell::RefCell;
@@ -81,7 +80,7 @@ pub fn build(template: &'static Template, want: &Want) -> Result<Box<dyn Device>
 }
 
 /// Ends this thread's idle back-end. The main thread's is not dropped at exit: a command
-/// calls this, then [`process::end_all`] for anything a panic may have left registered.
+/// calls this, then [`process::end_all`](crate::dut::process::end_all) for anything a panic may have left registered.
 pub fn shutdown() {
     IDLE.with(|idle| idle.borrow_mut().take());
 }

@@ -1,4 +1,4 @@
-//! Back-end processes: started from a template, owned by handle, ended by pid.
+//! Processes stopfuzz starts (vhost-user back-ends, QEMU): owned by handle, ended by pid.
 //!
 //! Every process stopfuzz starts is registered by pid. It is ended when its handle drops
 //! (also on a panic unwinding through the run), by [`end_all`] at the end of a command, by
@@ -113,10 +113,12 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A fresh directory under the system's temp directory.
-    pub fn new() -> Result<Scratch, SpawnError> {
+    /// A fresh directory under the system's temp directory, named
+    /// `stopfuzz-KIND-PID-N`: the pid lets a test or script find this run's processes, whose
+    /// command lines name files in it.
+    pub fn new(kind: &str) -> Result<Scratch, SpawnError> {
         let path = std::env::temp_dir().join(format!(
-            "stopfuzz-vu-{}-{}",
+            "stopfuzz-{kind}-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
@@ -144,13 +146,41 @@ impl Drop for Scratch {
     }
 }
 
-/// A running back-end: ended, by pid, when dropped.
+/// What a kind of process is called in reports, and the stderr lines that mean it died
+/// even though it still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// Its name in death reports ("the back-end exited: ...").
+    pub name: &'static str,
+    /// A stderr line containing one of these is a death.
+    pub markers: &'static [&'static str],
+    /// What such a line says it did ("panicked").
+    pub verb: &'static str,
+}
+
+impl Watch {
+    /// A vhost-user back-end: libvhost-user's `vu_panic:`, Rust's `panicked at`.
+    pub const BACKEND: Watch = Watch {
+        name: "the back-end",
+        markers: &["vu_panic:", "panicked at"],
+        verb: "panicked",
+    };
+    /// QEMU: a failed `assert`, `hw_error`/fatal messages, a core dump noted by a shell.
+    pub const QEMU: Watch = Watch {
+        name: "QEMU",
+        markers: &["Assertion", "qemu: fatal", "core dumped"],
+        verb: "failed",
+    };
+}
+
+/// A running process: ended, by pid, when dropped.
 #[derive(Debug)]
 pub struct Process {
     child: Child,
     pid: i32,
     stderr_path: PathBuf,
-    /// How much of the stderr log has been scanned for `vu_panic:`.
+    watch: Watch,
+    /// How much of the stderr log has been scanned for the markers.
     scanned: u64,
     /// Why it is dead, once known.
     dead: Option<String>,
@@ -160,9 +190,19 @@ pub struct Process {
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Process {
-    /// Starts `argv` with stderr to a log in `scratch` named after `socket` (each back-end
-    /// on a site has its own), and waits for `socket` to appear.
+    /// Starts the back-end `argv` with stderr to a log in `scratch` named after `socket`
+    /// (each back-end on a site has its own), and waits for `socket` to appear.
     pub fn spawn(argv: &[String], scratch: &Scratch, socket: &Path) -> Result<Process, SpawnError> {
+        Self::spawn_watched(Watch::BACKEND, argv, scratch, socket)
+    }
+
+    /// Like [`spawn`](Self::spawn), for a process of the kind `watch` describes.
+    pub fn spawn_watched(
+        watch: Watch,
+        argv: &[String],
+        scratch: &Scratch,
+        socket: &Path,
+    ) -> Result<Process, SpawnError> {
         install_signal_handlers();
         let name = socket
             .file_name()
@@ -197,6 +237,7 @@ impl Process {
             child,
             pid,
             stderr_path,
+            watch,
             scanned: 0,
             dead: None,
         };
@@ -235,17 +276,24 @@ impl Process {
             .unwrap_or_default()
     }
 
-    /// Why it is no longer a working back-end: it exited, or it logged a libvhost-user
-    /// panic. Cheap when nothing changed: one `waitpid` and one `stat`.
+    /// Why it is no longer working: it exited, or it logged one of its [`Watch`]'s markers
+    /// (a libvhost-user panic, a QEMU assertion). Cheap when nothing changed: one `waitpid`
+    /// and one `stat`.
     pub fn death(&mut self) -> Option<String> {
         if self.dead.is_some() {
             return self.dead.clone();
         }
         if let Ok(Some(status)) = self.child.try_wait() {
             unregister(self.pid);
-            self.dead = Some(format!("the back-end exited: {status}"));
+            let stderr = if self.watch == Watch::BACKEND {
+                String::new()
+            } else {
+                // A QEMU that exits says why only on stderr.
+                format!("; its stderr:\n{}", self.stderr())
+            };
+            self.dead = Some(format!("{} exited: {status}{stderr}", self.watch.name));
         } else if let Some(line) = self.new_panic_line() {
-            self.dead = Some(format!("the back-end panicked: {line}"));
+            self.dead = Some(format!("{} {}: {line}", self.watch.name, self.watch.verb));
         }
         self.dead.clone()
     }
@@ -262,8 +310,9 @@ impl Process {
         let mut text = String::new();
         let _ = f.take(len - from).read_to_string(&mut text);
         self.scanned = len;
+        let markers = self.watch.markers;
         text.lines()
-            .find(|l| l.contains("vu_panic:") || l.contains("panicked at"))
+            .find(|l| markers.iter().any(|m| l.contains(m)))
             .map(str::to_string)
     }
 
@@ -296,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_process_is_ended_by_its_handle_and_its_scratch_removed() {
-        let scratch = Scratch::new().unwrap();
+        let scratch = Scratch::new("vu").unwrap();
         let socket = scratch.join("sock");
         let argv: Vec<String> = [
             "sh",
@@ -318,7 +367,7 @@ mod tests {
 
     #[test]
     fn exit_and_panic_lines_are_deaths_with_stderr() {
-        let scratch = Scratch::new().unwrap();
+        let scratch = Scratch::new("vu").unwrap();
         let socket = scratch.join("sock");
         let argv: Vec<String> = [
             "sh",

@@ -285,15 +285,17 @@ impl Process {
         }
         if let Ok(Some(status)) = self.child.try_wait() {
             unregister(self.pid);
-            let stderr = if self.watch == Watch::BACKEND {
-                String::new()
-            } else {
-                // A QEMU that exits says why only on stderr.
-                format!("; its stderr:\n{}", self.stderr())
-            };
-            self.dead = Some(format!("{} exited: {status}{stderr}", self.watch.name));
+            self.dead = Some(format!("{} exited: {status}", self.watch.name));
         } else if let Some(line) = self.new_panic_line() {
             self.dead = Some(format!("{} {}: {line}", self.watch.name, self.watch.verb));
+        }
+        if self.dead.is_some() && self.watch != Watch::BACKEND {
+            // QEMU says why only on stderr (the back-end's report keeps it separately).
+            let stderr = self.stderr();
+            if let Some(dead) = &mut self.dead {
+                dead.push_str("; its stderr:\n");
+                dead.push_str(&stderr);
+            }
         }
         self.dead.clone()
     }
@@ -394,6 +396,26 @@ mod tests {
             Err(SpawnError::Exited { stderr, .. }) => assert!(stderr.contains("no socket")),
             other => panic!("expected an early exit, got {other:?}"),
         }
+        let qemu = [
+            "sh",
+            "-c",
+            "touch \"$0\"; echo 'qemu: fatal: bad' >&2; exec sleep 30",
+        ]
+        .map(String::from);
+        let mut argv = qemu.to_vec();
+        argv.push(scratch.join("q").display().to_string());
+        let mut q =
+            Process::spawn_watched(Watch::QEMU, &argv, &scratch, &scratch.join("q")).unwrap();
+        let start = Instant::now();
+        while q.death().is_none() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let death = q.death().unwrap();
+        assert!(
+            death.starts_with("QEMU failed: qemu: fatal: bad"),
+            "{death}"
+        );
+        assert!(death.contains("its stderr"), "{death}");
         let missing = ["/nonexistent/backend".to_string()];
         assert!(matches!(
             Process::spawn(&missing, &scratch, &socket),

@@ -13,9 +13,12 @@
 //!
 //! Implementations: [`reference`] (the in-process reference device), [`reduced`] (the
 //! reference behind a wrapper that hides capabilities, standing in for a remote device) and
-//! [`vhost_user`] (a front-end driving a back-end in another process).
+//! [`vhost_user`] (a front-end driving a back-end in another process). [`qemu`] drives
+//! QEMU's own virtio-blk-pci through qtest and QMP; [`process`] owns the processes both
+//! start.
 
 pub mod process;
+pub mod qemu;
 pub mod reduced;
 pub mod reference;
 pub mod vhost_user;

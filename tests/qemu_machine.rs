@@ -74,13 +74,19 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     v
 }
 
+const RING_RESET: u64 = 1 << 40;
+
 /// Reset, features VERSION_1, one queue of QSIZE at DESC/AVAIL/USED on MSI-X vector 1.
 fn init(m: &mut Machine) {
+    init_with(m, VERSION_1);
+}
+
+fn init_with(m: &mut Machine, features: u64) {
     m.set_status(0).unwrap();
     assert_eq!(m.status().unwrap(), 0);
     m.set_status(1 | 2).unwrap();
     assert_ne!(m.device_features().unwrap() & VERSION_1, 0);
-    m.set_driver_features(VERSION_1).unwrap();
+    m.set_driver_features(features).unwrap();
     m.set_status(1 | 2 | 8).unwrap();
     assert_eq!(m.status().unwrap() & 8, 8, "FEATURES_OK taken");
     assert!(m.num_queues().unwrap() >= 1);
@@ -206,8 +212,6 @@ fn a_write_completes_and_interrupts() {
     assert_eq!(m.run_state().unwrap(), "running");
     let qs = m.queue_status(0).unwrap();
     assert_eq!((qs.last_avail_idx, qs.used_idx, qs.inuse), (1, 1, 0));
-    // Queue reset (RING_RESET was not negotiated: QEMU ignores it).
-    assert!(m.reset_queue(0).is_err());
     assert!(m.death().is_none());
     let pid = m.pid();
     assert!(alive(pid));
@@ -333,4 +337,111 @@ fn bad_input_is_an_error() {
     let mut cfg = config(&rig);
     cfg.image = "/nonexistent.img".into();
     assert!(Machine::start(&cfg).is_err());
+}
+
+#[test]
+fn a_queue_reset_with_ring_reset_and_the_queue_goes_on() {
+    if !qemu_installed() {
+        return;
+    }
+    let rig = rig();
+    let mut m = Machine::start(&config(&rig)).unwrap();
+    assert_ne!(m.device_features().unwrap() & RING_RESET, 0);
+    init_with(&mut m, VERSION_1 | RING_RESET);
+    m.cont().unwrap();
+    publish_write(&rig.gm, 0, 1, 0x31);
+    m.notify(0).unwrap();
+    assert!(await_used(&rig.gm, 1, Duration::from_secs(2)));
+    timed("queue reset", || m.reset_queue(0).unwrap());
+    let qs = m.queue_status(0).unwrap();
+    assert_eq!((qs.last_avail_idx, qs.used_idx), (0, 0), "{qs:?}");
+    // Set up again from index 0.
+    for a in [AVAIL, USED] {
+        rig.gm.mem().write_obj(0u32, GuestAddress(a)).unwrap();
+    }
+    m.setup_queue(0, QSIZE, DESC, AVAIL, USED, 1).unwrap();
+    m.enable_queue(0).unwrap();
+    publish_write(&rig.gm, 0, 2, 0x32);
+    m.notify(0).unwrap();
+    assert!(await_used(&rig.gm, 1, Duration::from_secs(2)));
+    assert_eq!(sector(&rig.image, 2), vec![0x32; 512]);
+}
+
+#[test]
+fn stop_drains_a_slow_request() {
+    if !qemu_installed() {
+        return;
+    }
+    let rig = rig();
+    let mut cfg = config(&rig);
+    cfg.slow = Some(50_000_000);
+    let mut m = Machine::start(&cfg).unwrap();
+    init(&mut m);
+    m.cont().unwrap();
+    publish_write(&rig.gm, 0, 3, 0x77);
+    m.notify(0).unwrap();
+    // Taken, not completed (a qtest round trip lets QEMU's main loop run).
+    m.status().unwrap();
+    assert_eq!(used_idx(&rig.gm), 0);
+    timed("stop with a 50 ms request in flight", || m.stop().unwrap());
+    assert_eq!(used_idx(&rig.gm), 1, "stop returned after the drain");
+    assert_eq!(sector(&rig.image, 3), vec![0; 512], "null-co keeps no data");
+    assert_eq!(m.run_state().unwrap(), "paused");
+}
+
+#[test]
+fn a_parked_request_migrates_and_completes_on_the_destination() {
+    if !qemu_installed() {
+        return;
+    }
+    let rig = rig();
+    let mut cfg = config(&rig);
+    cfg.faults = vec![QemuFault {
+        write: true,
+        sector: 3,
+        errno: 5,
+        once: true,
+    }];
+    cfg.props = vec![("werror".into(), "stop".into())];
+    let mut m = Machine::start(&cfg).unwrap();
+    init(&mut m);
+    m.cont().unwrap();
+    publish_write(&rig.gm, 0, 3, 0x44);
+    m.notify(0).unwrap();
+    let start = Instant::now();
+    while m.run_state().unwrap() != "io-error" && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(m.run_state().unwrap(), "io-error");
+    let file = rig._scratch.join("parked");
+    m.migrate_to(&file).unwrap();
+    drop(m);
+    // The destination has no blkdebug node: the retry succeeds.
+    cfg.faults.clear();
+    cfg.incoming = Some(file);
+    let mut n = Machine::start(&cfg).unwrap();
+    assert_eq!(n.run_state().unwrap(), "io-error");
+    assert_eq!(n.queue_status(0).unwrap().inuse, 1);
+    assert_eq!(used_idx(&rig.gm), 0);
+    n.cont().unwrap();
+    assert!(await_used(&rig.gm, 1, Duration::from_secs(2)));
+    assert_eq!(sector(&rig.image, 3), vec![0x44; 512]);
+}
+
+#[test]
+fn a_killed_qemu_is_a_death_and_commands_fail() {
+    if !qemu_installed() {
+        return;
+    }
+    let rig = rig();
+    let mut m = Machine::start(&config(&rig)).unwrap();
+    // SAFETY: the pid is the machine's own child.
+    unsafe { libc::kill(m.pid(), libc::SIGKILL) };
+    let start = Instant::now();
+    while m.death().is_none() && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(m.death().unwrap().contains("QEMU exited"));
+    assert!(m.status().is_err());
+    assert!(m.run_state().is_err());
 }

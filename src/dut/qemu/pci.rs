@@ -40,7 +40,7 @@ const ISR_CFG: u8 = 3;
 const DEVICE_CFG: u8 = 4;
 
 /// A PCI function on bus 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Function {
     /// Device number (0..32).
     pub dev: u8,
@@ -84,7 +84,7 @@ impl Function {
 }
 
 /// One virtio structure: where it is in guest physical memory and how long it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Region {
     /// The BAR it is in.
     pub bar: u8,
@@ -96,8 +96,8 @@ pub struct Region {
     pub addr: u64,
 }
 
-/// The device's layout, as the driver needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The device's layout, as the driver needs it (the default: nothing found yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Layout {
     /// The function.
     pub function: Function,

@@ -165,10 +165,17 @@ impl Watch {
         markers: &["vu_panic:", "panicked at"],
         verb: "panicked",
     };
-    /// QEMU: a failed `assert`, `hw_error`/fatal messages, a core dump noted by a shell.
+    /// QEMU: a failed `assert` (glibc's `Assertion`, GLib's `assertion failed`,
+    /// `g_assert_not_reached`), fatal messages, a core dump noted by a shell.
     pub const QEMU: Watch = Watch {
         name: "QEMU",
-        markers: &["Assertion", "qemu: fatal", "core dumped"],
+        markers: &[
+            "Assertion",
+            "assertion failed",
+            "should not be reached",
+            "qemu: fatal",
+            "core dumped",
+        ],
         verb: "failed",
     };
 }

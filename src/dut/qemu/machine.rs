@@ -493,9 +493,21 @@ impl Machine {
                 "device config read {offset:#x}+{len} past its {limit:#x} bytes"
             ));
         }
-        // Byte reads: each is one config access, valid at any offset.
-        (0..len as u64)
-            .map(|i| self.qtest.readb(self.pci.device.addr + offset + i))
+        // Byte reads, each one config access valid at any offset; pipelined.
+        let base = self.pci.device.addr + offset;
+        let lines: Vec<String> = (0..len as u64)
+            .map(|i| format!("readb {:#x}", base + i))
+            .collect();
+        self.qtest
+            .pipeline(&lines)?
+            .iter()
+            .map(|r| {
+                let digits = r.strip_prefix("0x").unwrap_or(r);
+                u64::from_str_radix(digits, 16)
+                    .ok()
+                    .and_then(|v| u8::try_from(v).ok())
+                    .ok_or_else(|| format!("device config read: not a byte: {r:?}"))
+            })
             .collect()
     }
 

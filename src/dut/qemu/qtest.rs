@@ -113,6 +113,46 @@ impl Qtest {
         }
     }
 
+    /// Sends every line at once, then reads the replies in order: one round trip instead
+    /// of one per command. Returns what follows each `OK`; the first `FAIL` is the error
+    /// (the replies after it are still read, so the connection stays in step).
+    pub fn pipeline(&mut self, lines: &[String]) -> Result<Vec<String>, String> {
+        if let Some(why) = &self.broken {
+            return Err(format!("qtest connection unusable: {why}"));
+        }
+        let mut out = Vec::new();
+        for line in lines {
+            if line.contains('\n') {
+                return Err(format!("qtest: a command is one line: {line:?}"));
+            }
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+        if let Err(e) = self.writer.write_all(&out) {
+            self.broken = Some(format!("cannot send: {e}"));
+            return Err(format!("qtest: cannot send: {e}"));
+        }
+        let mut replies = Vec::with_capacity(lines.len());
+        let mut failed = None;
+        for line in lines {
+            match self.receive() {
+                Ok(Ok(rest)) => replies.push(rest),
+                Ok(Err(fail)) => {
+                    failed.get_or_insert_with(|| format!("qtest `{line}` failed: {fail}"));
+                    replies.push(String::new());
+                }
+                Err(Broken(why)) => {
+                    self.broken = Some(why.clone());
+                    return Err(format!("qtest `{line}`: {why}"));
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(replies),
+        }
+    }
+
     /// The reply (`Ok(Ok)`: OK, `Ok(Err)`: FAIL) or a broken connection.
     fn exchange(&mut self, line: &str) -> Result<Result<String, String>, Broken> {
         let mut out = Vec::with_capacity(line.len() + 1);
@@ -121,6 +161,11 @@ impl Qtest {
         self.writer
             .write_all(&out)
             .map_err(|e| Broken(format!("cannot send: {e}")))?;
+        self.receive()
+    }
+
+    /// The next reply, skipping (and keeping) `IRQ` lines.
+    fn receive(&mut self) -> Result<Result<String, String>, Broken> {
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -325,6 +370,15 @@ mod tests {
         assert!(q.inb(0xcfc).unwrap_err().contains("failed: no"));
         // A FAIL leaves the connection usable.
         q.writeb(0x10, 1).unwrap();
+        let lines = ["readl 0x1000", "writeb 0x1 0x2"].map(String::from);
+        assert_eq!(
+            q.pipeline(&lines).unwrap(),
+            vec!["0x00000000deadbeef".to_string(), String::new()]
+        );
+        let lines = ["inb 0xcfc", "readl 0x1000"].map(String::from);
+        assert!(q.pipeline(&lines).unwrap_err().contains("inb 0xcfc"));
+        // Still in step.
+        assert_eq!(q.readl(0x1000).unwrap(), 0xdeadbeef);
     }
 
     #[test]

@@ -213,10 +213,18 @@ fn a_write_completes_and_interrupts() {
     let qs = m.queue_status(0).unwrap();
     assert_eq!((qs.last_avail_idx, qs.used_idx, qs.inuse), (1, 1, 0));
     assert!(m.death().is_none());
+    let argv = m.argv().join(" ");
+    assert!(argv.contains("memory-backend-file,id=ram0"), "{argv}");
+    assert!(
+        argv.contains("virtio-blk-pci,id=vblk,drive=d0,disable-legacy=on"),
+        "{argv}"
+    );
     let pid = m.pid();
-    assert!(alive(pid));
+    let dir = m.scratch_dir().to_path_buf();
+    assert!(alive(pid) && dir.exists());
     drop(m);
     assert!(!alive(pid), "a dropped machine leaves no QEMU behind");
+    assert!(!dir.exists(), "nor its scratch directory");
 }
 
 #[test]
@@ -272,6 +280,7 @@ fn round_trip(tuning: Tuning) -> (QueueStatus, QueueStatus) {
     m.notify(0).unwrap();
     assert!(await_used(&rig.gm, 1, Duration::from_secs(2)));
     let before = m.queue_status(0).unwrap();
+    let layout = m.layout().clone();
     let file = rig._scratch.join("migration");
     let start = Instant::now();
     m.stop().unwrap();
@@ -292,6 +301,7 @@ fn round_trip(tuning: Tuning) -> (QueueStatus, QueueStatus) {
     );
     assert_eq!(n.run_state().unwrap(), "paused");
     assert_eq!(n.status().unwrap(), 15, "device status came across");
+    assert_eq!(n.layout(), &layout, "PCI layout re-discovered");
     let after = n.queue_status(0).unwrap();
     // The destination goes on: a second request on the same queue.
     n.cont().unwrap();
@@ -444,4 +454,63 @@ fn a_killed_qemu_is_a_death_and_commands_fail() {
     assert!(m.death().unwrap().contains("QEMU exited"));
     assert!(m.status().is_err());
     assert!(m.run_state().is_err());
+}
+
+/// Figures for the report: `cargo test --test qemu_machine -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timings() {
+    if !qemu_installed() {
+        return;
+    }
+    let rig = rig();
+    let mut starts = vec![];
+    for _ in 0..8 {
+        let t = Instant::now();
+        let m = Machine::start(&config(&rig)).unwrap();
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(m);
+    }
+    starts.sort_by(f64::total_cmp);
+    eprintln!("start to ready: median {:.1} ms of 8", starts[4]);
+    let mut m = Machine::start(&config(&rig)).unwrap();
+    let t = Instant::now();
+    for _ in 0..1000 {
+        m.status().unwrap();
+    }
+    eprintln!(
+        "one qtest round trip: {:.1} us",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    for _ in 0..100 {
+        init(&mut m);
+    }
+    eprintln!("reset + init: {:.3} ms", t.elapsed().as_secs_f64() * 10.0);
+    m.cont().unwrap();
+    let t = Instant::now();
+    for n in 0..200u16 {
+        publish_write(&rig.gm, n, u64::from(n % 64), n as u8);
+        m.notify(0).unwrap();
+        assert!(await_used(&rig.gm, n + 1, Duration::from_secs(2)));
+    }
+    eprintln!(
+        "one 512-byte write, kick to used: {:.3} ms",
+        t.elapsed().as_secs_f64() * 5.0
+    );
+    let t = Instant::now();
+    for _ in 0..100 {
+        m.stop().unwrap();
+        m.cont().unwrap();
+    }
+    eprintln!("stop + cont: {:.3} ms", t.elapsed().as_secs_f64() * 10.0);
+    drop(m);
+    for ignore_shared in [true, false] {
+        let t = Instant::now();
+        round_trip(Tuning { ignore_shared });
+        eprintln!(
+            "whole round trip test (ignore_shared {ignore_shared}): {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
 }

@@ -346,6 +346,11 @@ impl Machine {
         &self.argv
     }
 
+    /// The scratch directory (firmware, sockets, stderr log), removed on drop.
+    pub fn scratch_dir(&self) -> &Path {
+        self._scratch.path()
+    }
+
     /// The PCI layout.
     pub fn layout(&self) -> &Layout {
         &self.pci

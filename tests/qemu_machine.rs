@@ -55,16 +55,7 @@ fn rig() -> Rig {
 }
 
 fn config(rig: &Rig) -> Config {
-    Config {
-        binary: "qemu-system-x86_64".into(),
-        extra: vec![],
-        memory: rig.gm.share().unwrap(),
-        image: rig.image.clone(),
-        faults: vec![],
-        slow: None,
-        props: vec![],
-        incoming: None,
-    }
+    Config::new(rig.gm.share().unwrap(), rig.image.clone())
 }
 
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {

@@ -66,6 +66,24 @@ pub struct Config {
     pub incoming: Option<PathBuf>,
 }
 
+impl Config {
+    /// A machine on `memory` and `image` with the defaults: `qemu-system-x86_64`, no extra
+    /// arguments, no faults, the image itself (not slow), no device properties, not
+    /// incoming.
+    pub fn new(memory: crate::memory::Share, image: PathBuf) -> Config {
+        Config {
+            binary: "qemu-system-x86_64".into(),
+            extra: Vec::new(),
+            memory,
+            image,
+            faults: Vec::new(),
+            slow: None,
+            props: Vec::new(),
+            incoming: None,
+        }
+    }
+}
+
 /// One blkdebug rule: requests of that direction covering `sector` fail with `errno`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QemuFault {
@@ -367,7 +385,7 @@ impl Machine {
     }
 
     fn c(&self, reg: u64) -> u64 {
-        self.pci.common.addr + reg
+        self.pci.common.addr.wrapping_add(reg)
     }
 
     /// device_status.
@@ -478,8 +496,11 @@ impl Machine {
             None => {
                 self.select(q)?;
                 let off = self.qtest.readw(self.c(common::QUEUE_NOTIFY_OFF))?;
-                let a =
-                    self.pci.notify.addr + u64::from(off) * u64::from(self.pci.notify_multiplier);
+                let a = self
+                    .pci
+                    .notify
+                    .addr
+                    .wrapping_add(u64::from(off) * u64::from(self.pci.notify_multiplier));
                 if self.notify.len() <= usize::from(q) {
                     self.notify.resize(usize::from(q) + 1, None);
                 }
@@ -499,9 +520,9 @@ impl Machine {
             ));
         }
         // Byte reads, each one config access valid at any offset; pipelined.
-        let base = self.pci.device.addr + offset;
+        let base = self.pci.device.addr.wrapping_add(offset);
         let lines: Vec<String> = (0..len as u64)
-            .map(|i| format!("readb {:#x}", base + i))
+            .map(|i| format!("readb {:#x}", base.wrapping_add(i)))
             .collect();
         self.qtest
             .pipeline(&lines)?
@@ -524,7 +545,7 @@ impl Machine {
                 self.pci.msix_entries
             ));
         }
-        let at = self.pci.msix_table + 16 * u64::from(entry);
+        let at = self.pci.msix_table.wrapping_add(16 * u64::from(entry));
         self.qtest.writel(at, addr as u32)?;
         self.qtest.writel(at + 4, (addr >> 32) as u32)?;
         self.qtest.writel(at + 8, data)?;

@@ -165,8 +165,11 @@ fn walk(qt: &mut Qtest, f: Function) -> Result<Caps, String> {
         if at == 0 {
             break;
         }
-        if at < 0x40 {
-            return Err(format!("capability pointer {at:#x} inside the header"));
+        // 0xec: room for the longest capability read here (20 bytes of the notify cap).
+        if !(0x40..=0xec).contains(&at) {
+            return Err(format!(
+                "capability pointer {at:#x} outside 0x40..=0xec of config space"
+            ));
         }
         let id = f.read8(qt, at)?;
         let next = f.read8(qt, at + 1)? & 0xfc;
@@ -174,8 +177,8 @@ fn walk(qt: &mut Qtest, f: Function) -> Result<Caps, String> {
             CAP_VENDOR => {
                 let cfg_type = f.read8(qt, at + 3)?;
                 let bar = f.read8(qt, at + 4)?;
-                let offset = f.read32(qt, at.wrapping_add(8))?;
-                let length = f.read32(qt, at.wrapping_add(12))?;
+                let offset = f.read32(qt, at + 8)?;
+                let length = f.read32(qt, at + 12)?;
                 let slot = match cfg_type {
                     COMMON_CFG => &mut caps.common,
                     NOTIFY_CFG => &mut caps.notify,
@@ -190,14 +193,14 @@ fn walk(qt: &mut Qtest, f: Function) -> Result<Caps, String> {
                 if slot.is_none() && bar < 6 {
                     *slot = Some((bar, offset, length));
                     if cfg_type == NOTIFY_CFG {
-                        caps.notify_multiplier = f.read32(qt, at.wrapping_add(16))?;
+                        caps.notify_multiplier = f.read32(qt, at + 16)?;
                     }
                 }
             }
             CAP_MSIX => {
                 let control = f.read16(qt, at + 2)?;
                 let table = f.read32(qt, at + 4)?;
-                let pba = f.read32(qt, at.wrapping_add(8))?;
+                let pba = f.read32(qt, at + 8)?;
                 caps.msix = Some((
                     at,
                     (table & 7) as u8,
@@ -276,14 +279,14 @@ fn layout(f: Function, caps: &Caps, bars: [u64; 6]) -> Result<Layout, String> {
             bar,
             offset,
             length,
-            addr: base + u64::from(offset),
+            addr: base.wrapping_add(u64::from(offset)),
         })
     };
     let (msix_cap, tbir, toff, pbir, poff, entries) =
         caps.msix.ok_or("the device has no MSI-X capability")?;
     let at = |bir: u8, off: u32, what: &str| -> Result<u64, String> {
         match bars.get(usize::from(bir)) {
-            Some(&b) if b != 0 => Ok(b + u64::from(off)),
+            Some(&b) if b != 0 => Ok(b.wrapping_add(u64::from(off))),
             _ => Err(format!("the MSI-X {what}'s BAR{bir} has no address")),
         }
     };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::dut::DeviceKind;
+use crate::dut::{DeviceKind, qemu};
 use crate::engine::{OracleLevel, Outcome};
 use crate::explore::{self, Budget, Options};
 use crate::mutants::{self, Mutant};
@@ -70,11 +70,11 @@ pub fn target_for(m: Mutant) -> Target {
     }
 }
 
+/// The attempts at one planted bug: its name, the target that hunts it, each seed's attempt.
+pub type Hunted = (String, Target, Vec<Attempt>);
+
 /// Runs every attempt, reporting each as it finishes.
-pub fn bench(
-    opts: &BenchOptions,
-    mut each: impl FnMut(Mutant, u64, &Attempt),
-) -> Vec<(Mutant, Vec<Attempt>)> {
+pub fn bench(opts: &BenchOptions, mut each: impl FnMut(&str, u64, &Attempt)) -> Vec<Hunted> {
     let mut out = Vec::new();
     let chosen = Mutant::ALL
         .iter()
@@ -83,24 +83,53 @@ pub fn bench(
         let mut attempts = Vec::new();
         for seed in 0..opts.seeds {
             let attempt = match opts.engine {
-                Engine::Explorer => explorer_attempt(opts, m, seed),
+                Engine::Explorer => {
+                    mutants::select(Some(m));
+                    hunt(opts, target_for(m), opts.device, seed)
+                }
                 Engine::LibFuzzer => libfuzzer_attempt(opts, m, seed),
             };
-            each(m, seed, &attempt);
+            each(m.name(), seed, &attempt);
             attempts.push(attempt);
         }
-        out.push((m, attempts));
+        out.push((m.name().to_string(), target_for(m), attempts));
     }
     mutants::select(None);
     out
 }
 
-fn explorer_attempt(opts: &BenchOptions, m: Mutant, seed: u64) -> Attempt {
-    mutants::select(Some(m));
+/// Runs the explorer on every bug planted in QEMU's configuration ([`qemu::PLANTED`]):
+/// QEMU is given other error policies than the model expects.
+pub fn bench_qemu(
+    opts: &BenchOptions,
+    qemu: &qemu::Qemu,
+    mut each: impl FnMut(&str, u64, &Attempt),
+) -> Vec<Hunted> {
+    let mut out = Vec::new();
+    for planted in qemu::PLANTED {
+        let device = DeviceKind::Qemu(Box::leak(Box::new(qemu::Qemu {
+            declared: planted.declared,
+            given: planted.given,
+            ..qemu.clone()
+        })));
+        let attempts: Vec<Attempt> = (0..opts.seeds)
+            .map(|seed| {
+                let a = hunt(opts, Target::BlkConforming, device, seed);
+                each(planted.name, seed, &a);
+                a
+            })
+            .collect();
+        out.push((planted.name.to_string(), Target::BlkConforming, attempts));
+    }
+    out
+}
+
+/// The explorer on `device` through `target` until the first finding or the budget.
+fn hunt(opts: &BenchOptions, target: Target, device: DeviceKind, seed: u64) -> Attempt {
     let summary = explore::explore(
         &Options {
-            target: target_for(m),
-            device: opts.device,
+            target,
+            device,
             budget: Budget::Seconds(opts.seconds),
             seed,
             jobs: opts.jobs,
@@ -211,13 +240,13 @@ pub fn median(attempts: &[Attempt]) -> Option<Duration> {
 }
 
 /// The table rows and the summary line.
-pub fn table(results: &[(Mutant, Vec<Attempt>)]) -> (Vec<String>, String) {
+pub fn table(results: &[Hunted]) -> (Vec<String>, String) {
     let mut rows = vec![
         "| mutant | target | found | median time | median execs | invariants |".to_string(),
         "|---|---|---|---|---|---|".to_string(),
     ];
     let mut medians = Vec::new();
-    for (m, attempts) in results {
+    for (name, target, attempts) in results {
         let found = attempts.iter().filter(|a| a.found).count();
         let median_time = median(attempts);
         if let Some(t) = median_time {
@@ -237,9 +266,8 @@ pub fn table(results: &[(Mutant, Vec<Attempt>)]) -> (Vec<String>, String) {
         invariants.sort_unstable();
         invariants.dedup();
         rows.push(format!(
-            "| {} | {} | {found}/{} | {} | {} | {} |",
-            m.name(),
-            target_for(*m).name(),
+            "| {name} | {} | {found}/{} | {} | {} | {} |",
+            target.name(),
             attempts.len(),
             median_time.map_or("miss".into(), |t| format!("{:.3} s", t.as_secs_f64())),
             execs

@@ -386,7 +386,7 @@ pub const REPRO_RUNS: u32 = 20;
 
 /// Whether the same input always gives the same run on `device`.
 pub fn deterministic(device: DeviceKind) -> bool {
-    !matches!(device, DeviceKind::VhostUser(_))
+    !matches!(device, DeviceKind::VhostUser(_) | DeviceKind::Qemu(_))
 }
 
 /// How many of `runs` re-runs of `input` find `invariant` again.
@@ -429,6 +429,30 @@ pub fn device_args(device: DeviceKind) -> String {
                 ""
             }
         ),
+        DeviceKind::Qemu(q) => {
+            let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+            let mut args = " --device qemu".to_string();
+            if q.binary != crate::dut::qemu::QEMU {
+                args += &format!(" --qemu {}", quote(&q.binary));
+            }
+            for a in &q.extra {
+                args += &format!(" --qemu-arg {}", quote(a));
+            }
+            args += &format!(
+                " --qemu-policy {}",
+                crate::dut::qemu::Qemu::policy_text(q.declared)
+            );
+            if q.given != q.declared {
+                args += &format!(
+                    " --qemu-given {}",
+                    crate::dut::qemu::Qemu::policy_text(q.given)
+                );
+            }
+            if !q.reuse {
+                args += " --qemu-fresh";
+            }
+            args
+        }
     }
 }
 

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use stopfuzz::dut::DeviceKind;
 use stopfuzz::dut::reduced::Hidden;
 use stopfuzz::dut::vhost_user::{self, Template};
+use stopfuzz::dut::{DeviceKind, qemu};
 use stopfuzz::engine::{OracleLevel, Outcome};
 use stopfuzz::explore::{self, Budget, Options};
 use stopfuzz::oracle::skipped::Skip;
@@ -23,6 +23,8 @@ enum DeviceArg {
     Reduced,
     /// A vhost-user back-end that stopfuzz starts from --backend.
     VhostUser,
+    /// QEMU's own virtio-blk-pci, driven through qtest and QMP (--qemu, --qemu-policy).
+    Qemu,
 }
 
 /// The device options shared by run, replay and bench.
@@ -58,6 +60,24 @@ struct DeviceOpts {
     /// (docs/findings/), which are let pass by default so that fuzzing gets past them.
     #[arg(long)]
     strict: bool,
+    /// With --device qemu: the QEMU binary.
+    #[arg(long, default_value = stopfuzz::dut::qemu::QEMU)]
+    qemu: String,
+    /// With --device qemu: an extra QEMU argument (repeat for several).
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    qemu_arg: Vec<String>,
+    /// With --device qemu: the error policies QEMU runs with, `WERROR[,RERROR]` (`report`,
+    /// `ignore`, `stop`, `enospc`); the model expects what they imply.
+    #[arg(long, default_value = "report")]
+    qemu_policy: String,
+    /// With --device qemu: give QEMU these policies instead, while the model still expects
+    /// --qemu-policy: a bug planted in the configuration.
+    #[arg(long)]
+    qemu_given: Option<String>,
+    /// With --device qemu: a fresh QEMU for every input, instead of one per worker reset
+    /// between inputs.
+    #[arg(long)]
+    qemu_fresh: bool,
 }
 
 impl DeviceOpts {
@@ -75,6 +95,20 @@ impl DeviceOpts {
                 }
                 // One template per command, alive until exit.
                 DeviceKind::VhostUser(Box::leak(Box::new(t)))
+            }
+            DeviceArg::Qemu => {
+                let declared = qemu::parse_policy(&self.qemu_policy)?;
+                let given = match &self.qemu_given {
+                    Some(g) => qemu::parse_policy(g)?,
+                    None => declared,
+                };
+                DeviceKind::Qemu(Box::leak(Box::new(qemu::Qemu {
+                    binary: self.qemu.clone(),
+                    extra: self.qemu_arg.clone(),
+                    declared,
+                    given,
+                    reuse: !self.qemu_fresh,
+                })))
             }
         })
     }
@@ -255,6 +289,7 @@ fn main() -> ExitCode {
     let code = dispatch(cli.command);
     // Back-end processes this command started end with it.
     vhost_user::shutdown();
+    qemu::shutdown();
     stopfuzz::dut::process::end_all();
     code
 }
@@ -612,16 +647,20 @@ fn bench(
         mutants,
     };
     eprintln!("stopfuzz bench: {opts:?}");
-    let results = bench::bench(&opts, |m, seed, a| {
+    let each = |name: &str, seed, a: &bench::Attempt| {
         eprintln!(
-            "{} seed {seed}: {} in {:.2} s ({} execs) {}",
-            m.name(),
+            "{name} seed {seed}: {} in {:.2} s ({} execs) {}",
             if a.found { "found" } else { "missed" },
             a.time.as_secs_f64(),
             a.execs.map_or("?".into(), |e| e.to_string()),
             a.invariant.map_or("", |i| i.id())
         );
-    });
+    };
+    // QEMU's code cannot carry planted bugs: its configuration does.
+    let results = match device {
+        DeviceKind::Qemu(q) => bench::bench_qemu(&opts, q, each),
+        _ => bench::bench(&opts, each),
+    };
     let (rows, summary) = bench::table(&results);
     for row in rows {
         eprintln!("{row}");

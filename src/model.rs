@@ -268,18 +268,33 @@ impl Model {
     /// For a device that does its own disk I/O, seen only when the request completes: its
     /// I/O ran, and failed where an injected fault covers it.
     pub fn external_io_done(&mut self, id: ReqId) {
+        let result = self.fault_for(id).map_or(Ok(()), Err);
+        self.attempt_ended(id, result);
+    }
+
+    /// The error an injected fault gives request `id`'s I/O, if one covers it.
+    fn fault_for(&self, id: ReqId) -> Option<IoError> {
         let r = &self.requests[id];
         let write = match r.kind {
             ReqType::Write => true,
             ReqType::Read => false,
-            _ => return self.attempt_ended(id, Ok(())),
+            _ => return None,
         };
-        let hit = self
-            .faults
+        self.faults
             .iter()
-            .find(|f| f.write == write && r.sectors().contains(&f.sector));
-        let result = hit.map_or(Ok(()), |f| Err(f.error));
-        self.attempt_ended(id, result);
+            .find(|f| f.write == write && r.sectors().contains(&f.sector))
+            .map(|f| f.error)
+    }
+
+    /// Whether some open request's I/O fails, by an injected fault, with an error the
+    /// policy parks on: what entitles a device to pause the VM on an I/O error.
+    pub fn may_park(&self) -> bool {
+        self.open_ids().any(|id| {
+            self.requests[id].state == ReqState::Published
+                && self.fault_for(id).is_some_and(|e| {
+                    self.policy_for(self.requests[id].kind).reaction(e) == Reaction::Park
+                })
+        })
     }
 
     fn attempt_ended(&mut self, id: ReqId, result: Result<(), IoError>) {

@@ -57,6 +57,9 @@ pub struct Want {
     pub slow: bool,
     /// Break the transport protocol this way, for a device that can ([`Capabilities::abuse`]).
     pub abuse: Option<crate::program::Abuse>,
+    /// The driver is the hostile one: it may do what no guest could, such as kick while
+    /// the VM is paused.
+    pub hostile: bool,
 }
 
 /// A disk fault a device that does its own I/O is built with: every read (or write) that
@@ -189,6 +192,16 @@ pub struct Capabilities {
     /// device owes any driver is checked: that it neither crashes, hangs, nor writes where
     /// it must not. Refusing or disconnecting is its right.
     pub abuse: bool,
+    /// Its interrupts are writes of guest RAM in [`DEVICE_PAGE`](crate::driver::layout::DEVICE_PAGE)
+    /// (a PCI device's MSI-X messages, aimed at RAM so the harness sees them): counted as
+    /// notifications, not judged as writes.
+    pub interrupts_in_memory: bool,
+    /// A host retry first removes the faults it injects, as a storage fix would (QEMU: its
+    /// blkdebug layer is taken out of the block graph).
+    pub heals: bool,
+    /// A host stop pauses the guest too (QEMU's `stop`): while it lasts, a realistic driver
+    /// neither touches the rings nor the device.
+    pub stop_freezes_guest: bool,
 }
 
 /// What a device signalled since the last [`Device::take_events`].
@@ -202,6 +215,8 @@ pub struct Events {
     /// move it on its own (a running ring in another process): the call is judged at that
     /// index, and later entries go with a later call's notifications. `None`: read it.
     pub used_idx: [Option<u16>; MAX_QUEUES],
+    /// The device paused the VM because a request failed (QEMU's `werror`/`rerror=stop`).
+    pub io_error_pause: bool,
 }
 
 impl Events {
@@ -216,6 +231,7 @@ impl Events {
             *a += b;
         }
         self.config += other.config;
+        self.io_error_pause |= other.io_error_pause;
         for (a, b) in self.used_idx.iter_mut().zip(other.used_idx) {
             if b.is_some() {
                 *a = b;
@@ -428,6 +444,8 @@ pub enum DeviceKind {
     Reduced(reduced::Hidden),
     /// A vhost-user back-end started from this template.
     VhostUser(&'static vhost_user::Template),
+    /// QEMU's virtio-blk-pci, run as this says.
+    Qemu(&'static qemu::Qemu),
 }
 
 impl Factory for DeviceKind {
@@ -438,6 +456,7 @@ impl Factory for DeviceKind {
                 Box::new(reduced::Reduced::new(reference::build(want)?, hidden))
             }
             DeviceKind::VhostUser(template) => vhost_user::build(template, want)?,
+            DeviceKind::Qemu(q) => qemu::build(q, want)?,
         })
     }
 }
@@ -448,6 +467,12 @@ impl std::fmt::Display for DeviceKind {
             DeviceKind::Reference => f.write_str("reference"),
             DeviceKind::Reduced(hidden) => write!(f, "reduced({hidden})"),
             DeviceKind::VhostUser(t) => write!(f, "vhost-user({})", t.text),
+            DeviceKind::Qemu(q) => write!(
+                f,
+                "qemu({}, werror,rerror={})",
+                q.binary,
+                qemu::Qemu::policy_text(q.declared)
+            ),
         }
     }
 }

@@ -155,6 +155,9 @@ impl Device for Reduced {
             deterministic: inner.deterministic,
             faults: false,
             resume_forgets_signal: inner.resume_forgets_signal,
+            interrupts_in_memory: inner.interrupts_in_memory,
+            heals: inner.heals,
+            stop_freezes_guest: inner.stop_freezes_guest,
             abuse: inner.abuse,
         }
     }

@@ -63,6 +63,9 @@ impl Device for BlkDevice {
             deterministic: true,
             faults: false,
             resume_forgets_signal: false,
+            interrupts_in_memory: false,
+            heals: false,
+            stop_freezes_guest: false,
             abuse: false,
         }
     }
@@ -112,7 +115,7 @@ impl Device for BlkDevice {
         Events {
             used,
             config: i.config,
-            used_idx: Default::default(),
+            ..Events::default()
         }
     }
 

@@ -2,6 +2,7 @@
 //! fix, and migration.
 
 use super::{Run, Scenarios};
+use crate::dut::DiskControl;
 use crate::oracle::{Check, conforming};
 use crate::stops::{Asked, Side, Stops};
 
@@ -53,8 +54,23 @@ impl Run<'_> {
         self.stops.resume(Side::Host);
     }
 
-    /// The disk was healed: the host tells the device to retry.
-    pub(super) fn host_retry(&mut self) -> Check {
+    /// The storage problem is fixed, and the host retries. A device that does its own I/O
+    /// and heals it is polled first, so that what failed before the fix is judged by the
+    /// faults, and what completes after by none.
+    pub(super) fn heal(&mut self) -> Check {
+        match (self.caps.disk, self.caps.heals) {
+            (DiskControl::Harness, _) => self.disk.heal(),
+            (DiskControl::External, true) => {
+                self.poll()?;
+                self.model.faults.clear();
+            }
+            (DiskControl::External, false) => {}
+        }
+        self.host_retry()
+    }
+
+    /// The host tells the device to retry.
+    fn host_retry(&mut self) -> Check {
         if self.dev.host().is_none() {
             return Ok(());
         }

@@ -8,8 +8,7 @@ use crate::stops::Asked;
 
 impl Run<'_> {
     pub(super) fn finish(&mut self) -> Check {
-        self.disk.heal();
-        self.host_retry()?;
+        self.heal()?;
         // A stop still waiting gets its acknowledgement's polls before it is cancelled.
         self.await_acks(false)?;
         if self.driver_stopping() {

@@ -259,10 +259,11 @@ impl Run<'_> {
             WriteObservation::Exact => self.mem.writes_since(cp).collect(),
             WriteObservation::Diff => {
                 let pages = self.driver.pages_in_use();
-                match self.shadow.as_mut() {
+                let writes = match self.shadow.as_mut() {
                     Some(shadow) => shadow.diff(self.mem, &pages),
                     None => Vec::new(),
-                }
+                };
+                self.not_interrupts(writes)
             }
             WriteObservation::Blind => Vec::new(),
         }
@@ -279,6 +280,15 @@ impl Run<'_> {
             None => Vec::new(),
         };
         self.synced = self.mem.checkpoint();
+        self.not_interrupts(writes)
+    }
+
+    /// Drops the device's interrupt messages from its writes, where they land in memory.
+    fn not_interrupts(&self, mut writes: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
+        if self.caps.interrupts_in_memory {
+            let page = crate::driver::layout::DEVICE_PAGE;
+            writes.retain(|&(a, l)| a + u64::from(l) <= page.start || a >= page.end);
+        }
         writes
     }
 
@@ -389,6 +399,9 @@ impl Run<'_> {
         self.drop_reset();
         if !self.conforming() {
             return Ok(());
+        }
+        if events.io_error_pause {
+            self.check(|| conforming::error_pause(&self.model))?;
         }
         for (tag, io) in new_io {
             let owner = self.model.owner_of(io);

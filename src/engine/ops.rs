@@ -22,6 +22,25 @@ impl Run<'_> {
             self.hostile = true;
             return self.apply_hostile(op);
         }
+        // The guest's vCPUs are stopped with the VM: a realistic driver does nothing.
+        if self.caps.stop_freezes_guest
+            && self.stops.host.asked != Asked::Running
+            && self.conforming()
+            && matches!(
+                op,
+                Op::Submit { .. }
+                    | Op::Publish { .. }
+                    | Op::Kick { .. }
+                    | Op::Reap { .. }
+                    | Op::QueueReset { .. }
+                    | Op::DeviceReset
+                    | Op::DriverStop
+                    | Op::DriverResume
+            )
+        {
+            self.note(|| "skipped: the guest is paused with the VM".into());
+            return Ok(());
+        }
         let nq = self.queues();
         if self.caps.disk == DiskControl::External {
             match *op {
@@ -36,6 +55,7 @@ impl Run<'_> {
                     self.note(|| "built into the device's disk at setup".into());
                     return Ok(());
                 }
+                Op::Heal if self.caps.heals => return self.heal(),
                 Op::Complete { .. } | Op::Fail { .. } | Op::DiskFull | Op::Heal => {
                     self.note(|| "skipped: the device does its own disk I/O".into());
                     return Ok(());
@@ -96,10 +116,7 @@ impl Run<'_> {
                 self.disk.fill();
                 Ok(())
             }
-            Op::Heal => {
-                self.disk.heal();
-                self.host_retry()
-            }
+            Op::Heal => self.heal(),
             Op::Reap { queue } => {
                 self.reap(u16::from(queue) % nq);
                 Ok(())

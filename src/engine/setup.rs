@@ -41,6 +41,7 @@ impl<'m> Run<'m> {
             faults: faults(&program.ops, capacity),
             slow: program.ops.contains(&Op::DiskFull),
             abuse: cfg.abuse.filter(|_| mode == Mode::Hostile),
+            hostile: mode == Mode::Hostile,
         };
         let mut dev = factory
             .build(&want)

@@ -152,6 +152,17 @@ pub fn retried_all(model: &Model, step: usize) -> Check {
     }
 }
 
+/// A device pauses the VM on an I/O error only where the declared policy parks the failed
+/// request: some open request's I/O must fail with an error its policy parks on.
+pub fn error_pause(model: &Model) -> Check {
+    ensure(model.may_park(), Invariant::Parked, || {
+        format!(
+            "the device paused on an I/O error, but no open request fails with an error that write={:?}, read={:?} parks on",
+            model.write_policy, model.read_policy
+        )
+    })
+}
+
 /// A used entry completes an open, published request, not while it is parked, with the
 /// status, length and data its I/O implies.
 pub fn used_entry<M: GuestMemory>(model: &Model, mem: &M, q: u16, elem: UsedElem) -> Check {

@@ -106,7 +106,7 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
     skip(
         o.remote,
         KickKept,
-        "a back-end runs on a kick: the front-end kicks every ring it starts",
+        "a remote device gets its kicks again when it resumes (vhost-user: every started ring; QEMU: the kicks held while the VM was paused)",
     );
     skip(
         !o.driver_stop,

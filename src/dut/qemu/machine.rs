@@ -592,6 +592,14 @@ impl Machine {
         self.qmp("stop", Value::Null).map(drop)
     }
 
+    /// The storage is fixed: the raw node is reopened on the file itself, so the blkdebug
+    /// layer and its fault rules leave the block graph.
+    pub fn heal(&mut self) -> Result<(), String> {
+        let options =
+            serde_json::json!({"options": [{"driver": "raw", "node-name": "d0", "file": "f0"}]});
+        self.qmp("blockdev-reopen", options).map(|_| ())
+    }
+
     /// Resumes the VM (and retries requests an error policy parked).
     pub fn cont(&mut self) -> Result<(), String> {
         self.qmp("cont", Value::Null).map(drop)

@@ -556,6 +556,9 @@ impl Device for VhostUser {
             deterministic: false,
             faults: self.template.injects(),
             resume_forgets_signal: true,
+            interrupts_in_memory: false,
+            heals: false,
+            stop_freezes_guest: false,
             abuse: true,
         }
     }
@@ -758,6 +761,7 @@ impl Migration for VhostUser {
             faults: self.site.disk.faults.clone(),
             slow: self.site.disk.slow,
             abuse: self.abuse,
+            hostile: self.abuse.is_some(),
         };
         let mut dev = VhostUser::new(self.template, backend, &want, self.share)?;
         dev.host = StopState::Stopped;

@@ -294,7 +294,8 @@ fn parse_policy(text: &str) -> Result<(ErrorPolicy, ErrorPolicy), String> {
     Ok((write, read))
 }
 
-fn policy_name(p: ErrorPolicy) -> &'static str {
+/// A policy as QEMU's werror/rerror spell it.
+pub(crate) fn policy_name(p: ErrorPolicy) -> &'static str {
     match p {
         ErrorPolicy::Report => "report",
         ErrorPolicy::Ignore => "ignore",

@@ -1,0 +1,549 @@
+//! QEMU's virtio-blk-pci as a device under test: the virtio-pci transport through qtest,
+//! rings and buffers in guest RAM that QEMU and stopfuzz share, the VMM's side through QMP.
+//!
+//! Lifecycle, in QEMU's terms:
+//! - host stop is QMP `stop`, which drains: acknowledged when it returns;
+//! - resume is `cont`; a kick the program makes while the VM is paused is held until then,
+//!   because a guest cannot kick while its vCPUs are stopped (the hostile driver kicks at
+//!   once, which QEMU processes);
+//! - device reset is status 0, queue reset `queue_reset`;
+//! - notifications are MSI-X messages aimed at guest RAM ([`DEVICE_PAGE`]): vector 0 for
+//!   configuration changes, `1 + q` for queue `q`. A message overwrites the last one, so
+//!   several between two looks count as one.
+//!
+//! Quiescence rule (poll): as for vhost-user back-ends ([`QUIET`], [`MAX_WAIT`],
+//! [`NOTIFY_WAIT`]): until every ring's used idx has caught up with the avail idx of its
+//! last kick and then held still for [`QUIET`], never longer than [`MAX_WAIT`].
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::time::Instant;
+
+use super::Qemu;
+use super::machine::Machine;
+use crate::driver::layout::DEVICE_PAGE;
+use crate::dut::vhost_user::device::{MAX_WAIT, NOTIFY_WAIT, QUIET};
+use crate::dut::vhost_user::link::Site;
+use crate::dut::{
+    Capabilities, Description, Device, DiskControl, Env, Events, Failure, HostControl, StopState,
+    Want, WriteObservation,
+};
+use crate::memory::Share;
+use crate::virtio::*;
+
+/// How long kicked requests may be overdue before a poll asks QEMU whether it paused.
+const PAUSE_CHECK: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Largest queue the driver sets up.
+const MAX_QUEUE_SIZE: u16 = 256;
+
+/// The data of every MSI-X message: any value but 0, which marks a slot as empty.
+const MSI_DATA: u32 = 0x5f5f_0001;
+
+/// Where MSI-X vector `v`'s messages land.
+pub fn msi_slot(v: u16) -> u64 {
+    DEVICE_PAGE.start + 4 * u64::from(v)
+}
+
+/// One virtqueue as the driver set it up.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ring {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    enabled: bool,
+    /// Avail idx at the last kick QEMU got.
+    kicked: u16,
+    /// Used idx when events were last taken.
+    seen_used: u16,
+    /// `(kicked, used)` when a poll last gave up waiting.
+    gave_up: Option<(u16, u16)>,
+    /// A kick made while the VM was paused, for `cont` to deliver.
+    held_kick: bool,
+}
+
+/// QEMU behind the device boundary.
+pub struct QemuDevice {
+    qemu: &'static Qemu,
+    site: Rc<Site>,
+    /// `None` once QEMU is gone.
+    machine: RefCell<Option<Machine>>,
+    share: Share,
+    rings: Vec<Ring>,
+    /// The status last read or written, for when QEMU cannot be asked.
+    status: Cell<u8>,
+    driver_features: u64,
+    host: StopState,
+    /// QEMU paused the VM on a failed request (werror/rerror `stop`, `enospc`).
+    io_paused: bool,
+    /// The fault layer is out of the block graph.
+    healed: bool,
+    want: Want,
+    failed: Option<Failure>,
+    broken: bool,
+    events: Events,
+    desc: Description,
+    /// The queue count QEMU was started with.
+    queues: u16,
+}
+
+impl QemuDevice {
+    /// A device on `machine` (fresh, or a worker's idle one reset), built as `want` asks.
+    pub(super) fn new(
+        qemu: &'static Qemu,
+        site: Rc<Site>,
+        mut machine: Machine,
+        want: &Want,
+        share: Share,
+        queues: u16,
+    ) -> Result<QemuDevice, String> {
+        let features = machine.device_features()?;
+        let num_queues = machine.num_queues()?.min(want.queues.max(1));
+        let queue_max_size = machine.queue_max_size(0)?.min(MAX_QUEUE_SIZE);
+        let config = machine.config_read(0, 8)?;
+        let capacity = u64::from_le_bytes(config[..8].try_into().map_err(|_| "short config")?);
+        for v in 0..=num_queues {
+            machine.set_msix(v, msi_slot(v), MSI_DATA)?;
+        }
+        if machine.run_state()? != "running" {
+            machine.cont()?;
+        }
+        let desc = Description {
+            features,
+            num_queues,
+            queue_max_size,
+            capacity,
+            device_id: qemu.device_id(),
+            contract: crate::contract::Contract {
+                inflight: want.contract.inflight,
+                write_policy: qemu.declared.0,
+                read_policy: qemu.declared.1,
+            },
+            faults: site.disk.faults.clone(),
+            id_checked: ID_BYTES,
+            keeps_data: !site.disk.slow,
+        };
+        let dev = QemuDevice {
+            qemu,
+            site,
+            machine: RefCell::new(Some(machine)),
+            share,
+            rings: vec![Ring::default(); usize::from(num_queues)],
+            status: Cell::new(0),
+            driver_features: 0,
+            host: StopState::Running,
+            io_paused: false,
+            healed: false,
+            want: want.clone(),
+            failed: None,
+            broken: false,
+            events: Events::default(),
+            desc,
+            queues,
+        };
+        // Nothing of an earlier run may still signal.
+        for v in 0..=num_queues {
+            dev.take_msi(v);
+        }
+        Ok(dev)
+    }
+
+    /// Runs `f` on the machine; an error kills the device.
+    fn qemu<T>(&mut self, f: impl FnOnce(&mut Machine) -> Result<T, String>) -> Option<T> {
+        let result = {
+            let mut m = self.machine.borrow_mut();
+            let machine = m.as_mut()?;
+            f(machine).map_err(|e| match machine.death() {
+                Some(death) => format!("{e}; QEMU {death}"),
+                None => format!("{e}; its stderr:\n{}", machine.stderr()),
+            })
+        };
+        match result {
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.fail(why);
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.broken = true;
+        if self.failed.is_none() {
+            self.failed = Some(Failure {
+                why,
+                refused: false,
+            });
+        }
+        self.machine.borrow_mut().take();
+    }
+
+    fn read16(&self, gpa: u64) -> u16 {
+        if !gpa.is_multiple_of(2) || gpa + 2 > self.share.size {
+            return 0;
+        }
+        // SAFETY: in bounds and aligned in a mapping that outlives every device; QEMU
+        // writes it concurrently, hence an atomic load.
+        let v = unsafe { AtomicU16::from_ptr((self.share.host_addr + gpa) as *mut u16) }
+            .load(Ordering::Acquire);
+        u16::from_le(v)
+    }
+
+    /// Whether MSI-X vector `v` fired since the last look; clears its slot.
+    fn take_msi(&self, v: u16) -> bool {
+        // SAFETY: DEVICE_PAGE lies in guest memory, 4-aligned; QEMU stores the message
+        // concurrently, so the slot is swapped atomically and no message is lost.
+        let slot = unsafe { AtomicU32::from_ptr((self.share.host_addr + msi_slot(v)) as *mut u32) };
+        slot.swap(0, Ordering::AcqRel) != 0
+    }
+
+    fn used_idx(&self, q: usize) -> u16 {
+        self.read16(self.rings[q].used + 2)
+    }
+
+    fn avail_idx(&self, q: usize) -> u16 {
+        self.read16(self.rings[q].avail + 2)
+    }
+
+    fn negotiated(&self, f: u64) -> bool {
+        self.driver_features & f != 0
+    }
+
+    /// Whether the VM is paused: stopped by the host, or by an I/O error.
+    fn paused(&self) -> bool {
+        self.host != StopState::Running || self.io_paused
+    }
+
+    /// Takes QMP's events: a `STOP` QEMU sent on its own is a pause on an I/O error.
+    fn watch_pause(&mut self) {
+        let events = self.qemu(|m| Ok(m.qmp_events())).unwrap_or_default();
+        for e in events {
+            let name = e.get("event").and_then(|v| v.as_str()).unwrap_or("");
+            let stopped = name == "BLOCK_IO_ERROR"
+                && e.pointer("/data/action").and_then(|v| v.as_str()) == Some("stop");
+            if stopped && !self.io_paused {
+                self.io_paused = true;
+                self.events.io_error_pause = true;
+            }
+        }
+    }
+
+    /// `cont`: QEMU retries what it parked; kicks held while paused are made. Events QMP
+    /// sent before `cont` answered are of the pause it ends.
+    fn cont(&mut self) {
+        self.watch_pause();
+        let ok = self.qemu(|m| {
+            m.cont()?;
+            let _ = m.qmp_events();
+            Ok(())
+        });
+        if ok.is_some() {
+            self.io_paused = false;
+            self.deliver_held_kicks();
+        }
+    }
+
+    fn set_up(&mut self, q: usize) {
+        let r = self.rings[q];
+        let vector = q as u16 + 1;
+        let ok = self.qemu(|m| {
+            m.setup_queue(q as u16, r.size, r.desc, r.avail, r.used, vector)?;
+            m.enable_queue(q as u16)
+        });
+        if ok.is_some() {
+            self.rings[q].enabled = true;
+        }
+    }
+
+    /// The quiescence rule (module docs).
+    fn settle(&mut self) {
+        let start = Instant::now();
+        let mut asked = false;
+        let mut last: Vec<u16> = (0..self.rings.len()).map(|q| self.used_idx(q)).collect();
+        let mut still = Instant::now();
+        loop {
+            if self.check_alive() {
+                return;
+            }
+            let used: Vec<u16> = (0..self.rings.len()).map(|q| self.used_idx(q)).collect();
+            if used != last {
+                last = used.clone();
+                still = Instant::now();
+            }
+            self.watch_pause();
+            let owed = !self.io_paused
+                && self.rings.iter().zip(&used).any(|(r, &u)| {
+                    let pending = r.kicked.wrapping_sub(u);
+                    r.enabled
+                        && pending != 0
+                        && pending <= r.size
+                        && r.gave_up != Some((r.kicked, u))
+                });
+            if !owed && still.elapsed() >= QUIET {
+                return;
+            }
+            // Kicked requests overdue: QEMU may have paused on one (its event comes with
+            // the next QMP reply).
+            if owed && !asked && start.elapsed() >= PAUSE_CHECK {
+                asked = true;
+                let _ = self.qemu(|m| m.run_state());
+                continue;
+            }
+            if start.elapsed() >= MAX_WAIT {
+                for (r, &u) in self.rings.iter_mut().zip(&used) {
+                    r.gave_up = Some((r.kicked, u));
+                }
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
+
+    /// Whether QEMU is gone; records why.
+    fn check_alive(&mut self) -> bool {
+        let death = {
+            let mut m = self.machine.borrow_mut();
+            match m.as_mut() {
+                None => return true,
+                Some(machine) => machine
+                    .death()
+                    .map(|d| format!("QEMU {d}; its stderr:\n{}", machine.stderr())),
+            }
+        };
+        if let Some(why) = death {
+            self.fail(why);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the driver's rules make a notification due for used idx `old` -> `new`.
+    fn notification_due(&self, q: usize, old: u16, new: u16, event_idx: bool) -> bool {
+        let r = &self.rings[q];
+        if event_idx {
+            let used_event = self.read16(r.avail + 4 + 2 * u64::from(r.size));
+            crate::driver::need_event(used_event, new, old)
+        } else {
+            self.read16(r.avail) & AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+
+    /// Looks for each queue's MSI-X message, waiting for one that used idx movement since
+    /// the last look makes due, until used idx holds still across a look.
+    fn collect_events(&mut self) {
+        let event_idx = self.negotiated(F_EVENT_IDX);
+        if self.take_msi(0) {
+            self.events.config += 1;
+        }
+        for q in 0..self.rings.len() {
+            loop {
+                let now = self.used_idx(q);
+                let old = self.rings[q].seen_used;
+                let vector = q as u16 + 1;
+                let mut got = self.take_msi(vector);
+                if now != old && !got && self.notification_due(q, old, now, event_idx) {
+                    let start = Instant::now();
+                    while !got && start.elapsed() < NOTIFY_WAIT {
+                        std::thread::sleep(std::time::Duration::from_micros(10));
+                        got = self.take_msi(vector);
+                    }
+                }
+                self.events.used[q] += u32::from(got);
+                self.rings[q].seen_used = now;
+                if self.used_idx(q) == now {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Hands kicks held while paused to QEMU.
+    fn deliver_held_kicks(&mut self) {
+        for q in 0..self.rings.len() {
+            if std::mem::take(&mut self.rings[q].held_kick) {
+                self.kick(q as u16);
+            }
+        }
+    }
+
+    /// Whether this QEMU can serve the next run: alive, running, nothing in flight.
+    fn reusable(&mut self) -> bool {
+        if self.broken || self.healed || !self.qemu.reuse || self.check_alive() {
+            return false;
+        }
+        let idle = (0..self.rings.len()).all(|q| {
+            let r = &self.rings[q];
+            !r.enabled || r.size == 0 || self.used_idx(q) == self.avail_idx(q)
+        });
+        let running = self.qemu(|m| m.run_state()).as_deref() == Some("running");
+        idle && running && self.qemu(|m| m.set_status(0)).is_some()
+    }
+}
+
+impl Device for QemuDevice {
+    fn describe(&self) -> Description {
+        self.desc.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            writes: WriteObservation::Diff,
+            disk: DiskControl::External,
+            deterministic: false,
+            faults: true,
+            resume_forgets_signal: false,
+            abuse: false,
+            interrupts_in_memory: true,
+            heals: true,
+            stop_freezes_guest: true,
+        }
+    }
+
+    fn read_status(&self) -> u8 {
+        let read = self.machine.borrow_mut().as_mut().map(|m| m.status());
+        if let Some(Ok(s)) = read {
+            self.status.set(s);
+        }
+        self.status.get()
+    }
+
+    fn write_status(&mut self, value: u8) {
+        if self.qemu(|m| m.set_status(value)).is_none() {
+            return;
+        }
+        self.status.set(value);
+        if value == 0 {
+            // What QEMU completed before the reset signalled before it: counted, not lost.
+            self.collect_events();
+            for r in &mut self.rings {
+                *r = Ring::default();
+            }
+            self.driver_features = 0;
+        } else if value & S_FEATURES_OK != 0 {
+            let _ = self.qemu(|m| m.set_config_vector(0));
+        }
+    }
+
+    fn set_driver_features(&mut self, features: u64) {
+        self.driver_features = features;
+        let _ = self.qemu(|m| m.set_driver_features(features));
+    }
+
+    fn queue_set_size(&mut self, q: u16, size: u16) {
+        if let Some(r) = self.rings.get_mut(usize::from(q)) {
+            r.size = size.min(MAX_QUEUE_SIZE);
+        }
+    }
+
+    fn queue_set_addresses(&mut self, q: u16, desc: u64, avail: u64, used: u64) {
+        let start = used.checked_add(2).map_or(0, |at| self.read16(at));
+        if let Some(r) = self.rings.get_mut(usize::from(q)) {
+            (r.desc, r.avail, r.used, r.seen_used, r.kicked) = (desc, avail, used, start, start);
+        }
+    }
+
+    fn queue_enable(&mut self, q: u16) {
+        if usize::from(q) < self.rings.len() {
+            self.set_up(usize::from(q));
+        }
+    }
+
+    fn queue_reset(&mut self, q: u16) {
+        let i = usize::from(q);
+        if i < self.rings.len() && self.qemu(|m| m.reset_queue(q)).is_some() {
+            self.rings[i].enabled = false;
+            self.rings[i].held_kick = false;
+        }
+    }
+
+    fn kick(&mut self, q: u16) {
+        let i = usize::from(q);
+        if i >= self.rings.len() {
+            return;
+        }
+        if self.paused() && !self.want.hostile {
+            self.rings[i].held_kick = true;
+            return;
+        }
+        self.rings[i].kicked = self.avail_idx(i);
+        let _ = self.qemu(|m| m.notify(q));
+    }
+
+    fn poll(&mut self, _env: &mut Env) {
+        self.settle();
+    }
+
+    fn take_events(&mut self) -> Events {
+        if !self.check_alive() {
+            self.watch_pause();
+            self.collect_events();
+            for (q, r) in self.rings.iter().enumerate() {
+                if r.enabled {
+                    self.events.used_idx[q] = Some(r.seen_used);
+                }
+            }
+        }
+        std::mem::take(&mut self.events)
+    }
+
+    fn host(&mut self) -> Option<&mut dyn HostControl> {
+        Some(self)
+    }
+
+    fn disk_image(&self) -> Option<Vec<u8>> {
+        std::fs::read(&self.site.image).ok()
+    }
+
+    fn failure(&mut self) -> Option<Failure> {
+        self.check_alive();
+        self.failed.take()
+    }
+}
+
+impl HostControl for QemuDevice {
+    fn stop(&mut self, _env: &mut Env) {
+        if self.qemu(|m| m.stop()).is_some() {
+            self.host = StopState::Stopped;
+        }
+    }
+
+    fn resume(&mut self, _env: &mut Env) {
+        self.host = StopState::Running;
+        self.cont();
+    }
+
+    /// The storage is fixed: the fault layer leaves the block graph (the raw node is
+    /// reopened on the file itself); then, unless the host holds the VM stopped, `cont`.
+    fn retry(&mut self, _env: &mut Env) {
+        if !self.healed && !self.site.disk.faults.is_empty() {
+            if self.qemu(|m| m.heal()).is_none() {
+                return;
+            }
+            self.healed = true;
+        }
+        // The pause's event may not have come with a reply yet: ask.
+        let state = self.qemu(|m| m.run_state());
+        self.watch_pause();
+        if self.host == StopState::Running
+            && (self.io_paused || state.as_deref() == Some("io-error"))
+        {
+            self.cont();
+        }
+    }
+
+    fn stop_state(&mut self) -> StopState {
+        self.host
+    }
+}
+
+impl Drop for QemuDevice {
+    fn drop(&mut self) {
+        if self.reusable()
+            && let Some(machine) = self.machine.borrow_mut().take()
+        {
+            super::give_back(self.qemu, self.site.clone(), machine, self.queues);
+        }
+    }
+}

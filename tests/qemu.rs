@@ -1,0 +1,215 @@
+//! QEMU's own virtio-blk-pci, driven through qtest and QMP (skipped, with a message, where
+//! qemu-system-x86_64 is not installed): runs that must pass under each error policy, and
+//! the bugs planted in its configuration, each found under the invariant it breaks.
+
+use stopfuzz::backend::IoError;
+use stopfuzz::contract::ErrorPolicy;
+use stopfuzz::dut::DeviceKind;
+use stopfuzz::dut::qemu::{self, PLANTED, Qemu};
+use stopfuzz::engine::{OracleLevel, Outcome, Report};
+use stopfuzz::oracle::Invariant;
+use stopfuzz::program::{Config, Op, Program, ReqType, Shape};
+use stopfuzz::targets::Target;
+
+fn qemu_installed() -> bool {
+    let found = std::process::Command::new(qemu::QEMU)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "{} is not installed: test skipped (ci/install-qemu.sh installs it)",
+            qemu::QEMU
+        );
+    }
+    found
+}
+
+/// QEMU declared to run `declared`, and given `given`.
+fn device(declared: ErrorPolicy, given: ErrorPolicy) -> DeviceKind {
+    DeviceKind::Qemu(Box::leak(Box::new(Qemu {
+        declared: (declared, declared),
+        given: (given, given),
+        ..Qemu::default()
+    })))
+}
+
+fn submit(req: ReqType, sector: u8) -> Op {
+    Op::Submit {
+        queue: 0,
+        req,
+        shape: Shape::Plain,
+        sector,
+        sectors: 1,
+        seed: 7,
+    }
+}
+
+/// Made, published, kicked, polled and reaped.
+fn request(req: ReqType, sector: u8) -> [Op; 5] {
+    [
+        submit(req, sector),
+        Op::Publish { queue: 0 },
+        Op::Kick { queue: 0 },
+        Op::Poll,
+        Op::Reap { queue: 0 },
+    ]
+}
+
+fn program(ops: Vec<Op>) -> Program {
+    Program {
+        config: Config {
+            queue_size: 16,
+            ..Config::default()
+        },
+        ops,
+    }
+}
+
+/// A write and a read of sector 3, which fail (EIO), between good I/O on sector 5, with a
+/// host stop and resume, the storage healed, and the failed sector written again.
+fn faulty_io() -> Program {
+    let mut ops = vec![Op::Fail {
+        pick: 3,
+        error: IoError::Io,
+    }];
+    ops.extend(request(ReqType::Write, 5));
+    ops.extend(request(ReqType::Write, 3));
+    ops.extend([Op::HostStop, Op::HostResume]);
+    ops.extend(request(ReqType::Read, 5));
+    ops.extend([Op::Heal, Op::Poll, Op::Reap { queue: 0 }]);
+    ops.extend(request(ReqType::Write, 3));
+    ops.extend(request(ReqType::Read, 3));
+    program(ops)
+}
+
+/// One test at a time: each checks that it left no QEMU behind.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run(device: DeviceKind, program: &Program) -> Report {
+    let report = Target::BlkConforming.run_on(device, &program.encode(), true, OracleLevel::Full);
+    qemu::shutdown();
+    report
+}
+
+/// QEMUs of this test binary (their command lines name its scratch directories).
+fn leftovers() -> String {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pattern = format!("stopfuzz-qemu-{}-", std::process::id());
+    let out = std::process::Command::new("pgrep")
+        .args(["-a", "-f", &pattern])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn trace(report: &Report) -> String {
+    report
+        .trace
+        .as_ref()
+        .map(|t| t.cut(usize::MAX))
+        .unwrap_or_default()
+}
+
+#[test]
+fn faulty_io_passes_under_every_policy_qemu_really_has() {
+    if !qemu_installed() {
+        return;
+    }
+    let _one = serial();
+    for policy in [
+        ErrorPolicy::Report,
+        ErrorPolicy::Ignore,
+        ErrorPolicy::Stop,
+        ErrorPolicy::Enospc,
+    ] {
+        let report = run(device(policy, policy), &faulty_io());
+        assert_eq!(
+            report.outcome,
+            Outcome::Pass,
+            "{policy:?}:\n{}",
+            trace(&report)
+        );
+    }
+    assert_eq!(leftovers(), "", "QEMU left behind");
+}
+
+#[test]
+fn werror_stop_pauses_until_the_storage_is_healed() {
+    if !qemu_installed() {
+        return;
+    }
+    let _one = serial();
+    let report = run(device(ErrorPolicy::Stop, ErrorPolicy::Stop), &faulty_io());
+    let trace = trace(&report);
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    // Two good requests completed before the heal; the parked write only after it.
+    let heal = trace.find("Heal").expect("the trace shows the heal");
+    assert!(!trace[..heal].contains("used idx [3]"), "{trace}");
+    assert!(trace[heal..].contains("used idx [3]"), "{trace}");
+}
+
+#[test]
+fn every_bug_planted_in_the_configuration_is_found() {
+    if !qemu_installed() {
+        return;
+    }
+    let _one = serial();
+    for planted in PLANTED {
+        let dev = DeviceKind::Qemu(Box::leak(Box::new(Qemu {
+            declared: planted.declared,
+            given: planted.given,
+            ..Qemu::default()
+        })));
+        // ENOSPC and EIO on writes, EIO on reads: each planted bug misjudges one of them.
+        let mut found = Vec::new();
+        for (error, read) in [
+            (IoError::NoSpace, false),
+            (IoError::Io, false),
+            (IoError::Io, true),
+        ] {
+            let mut ops = vec![Op::Fail {
+                pick: 3 | if read { 0x80 } else { 0 },
+                error,
+            }];
+            let kind = if read { ReqType::Read } else { ReqType::Write };
+            ops.extend(request(kind, 3));
+            ops.extend(request(ReqType::Write, 5));
+            if let Outcome::Finding(f) = run(dev, &program(ops)).outcome {
+                found.push(f.invariant);
+            }
+        }
+        assert!(
+            !found.is_empty(),
+            "{}: QEMU given {:?} passed as {:?}",
+            planted.name,
+            planted.given,
+            planted.declared
+        );
+        assert!(
+            found
+                .iter()
+                .all(|i| [Invariant::Data, Invariant::Parked, Invariant::Live].contains(i)),
+            "{}: {found:?}",
+            planted.name
+        );
+    }
+    assert_eq!(leftovers(), "", "QEMU left behind");
+}
+
+#[test]
+fn a_qemu_that_cannot_start_is_a_clear_setup_error() {
+    let _one = serial();
+    let dev = DeviceKind::Qemu(Box::leak(Box::new(Qemu {
+        binary: "/nonexistent/qemu".into(),
+        ..Qemu::default()
+    })));
+    match run(dev, &program(request(ReqType::Write, 1).to_vec())).outcome {
+        Outcome::Finding(f) => assert!(f.message.contains("/nonexistent/qemu"), "{}", f.message),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+}

@@ -226,6 +226,41 @@ pub struct Share {
     pub host_addr: u64,
 }
 
+impl Share {
+    /// The little-endian u16 at `gpa`, read atomically because the other process writes
+    /// it concurrently; 0 when out of bounds or unaligned.
+    pub fn read16(&self, gpa: u64) -> u16 {
+        if !gpa.is_multiple_of(2) || gpa.saturating_add(2) > self.size {
+            return 0;
+        }
+        // SAFETY: in bounds and aligned in a mapping that lives as long as the engine's
+        // memory, which outlives every device that holds this `Share`.
+        let v =
+            unsafe { std::sync::atomic::AtomicU16::from_ptr((self.host_addr + gpa) as *mut u16) }
+                .load(std::sync::atomic::Ordering::Acquire);
+        u16::from_le(v)
+    }
+
+    /// Whether the driver's rules for a ring of `size` with its avail ring at `avail` make
+    /// a notification due for used idx `old` -> `new` (`used_event` with EVENT_IDX, else
+    /// the NO_INTERRUPT flag).
+    pub fn notification_due(
+        &self,
+        avail: u64,
+        size: u16,
+        old: u16,
+        new: u16,
+        event_idx: bool,
+    ) -> bool {
+        if event_idx {
+            let used_event = self.read16(avail + 4 + 2 * u64::from(size));
+            crate::driver::need_event(used_event, new, old)
+        } else {
+            self.read16(avail) & crate::virtio::AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+}
+
 /// One region of tracked guest memory at guest address 0, reused across executions.
 ///
 /// Log offsets are region offsets, which equal guest addresses because the single region

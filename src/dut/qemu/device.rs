@@ -17,7 +17,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use super::Qemu;
@@ -181,14 +181,7 @@ impl QemuDevice {
     }
 
     fn read16(&self, gpa: u64) -> u16 {
-        if !gpa.is_multiple_of(2) || gpa + 2 > self.share.size {
-            return 0;
-        }
-        // SAFETY: in bounds and aligned in a mapping that outlives every device; QEMU
-        // writes it concurrently, hence an atomic load.
-        let v = unsafe { AtomicU16::from_ptr((self.share.host_addr + gpa) as *mut u16) }
-            .load(Ordering::Acquire);
-        u16::from_le(v)
+        self.share.read16(gpa)
     }
 
     /// Whether MSI-X vector `v` fired since the last look; clears its slot.
@@ -322,12 +315,8 @@ impl QemuDevice {
     /// Whether the driver's rules make a notification due for used idx `old` -> `new`.
     fn notification_due(&self, q: usize, old: u16, new: u16, event_idx: bool) -> bool {
         let r = &self.rings[q];
-        if event_idx {
-            let used_event = self.read16(r.avail + 4 + 2 * u64::from(r.size));
-            crate::driver::need_event(used_event, new, old)
-        } else {
-            self.read16(r.avail) & AVAIL_F_NO_INTERRUPT == 0
-        }
+        self.share
+            .notification_due(r.avail, r.size, old, new, event_idx)
     }
 
     /// Looks for each queue's MSI-X message, waiting for one that used idx movement since

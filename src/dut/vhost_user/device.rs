@@ -19,7 +19,6 @@
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost::VhostBackend;
@@ -213,15 +212,7 @@ impl VhostUser {
     }
 
     fn read16(&self, gpa: u64) -> u16 {
-        if !gpa.is_multiple_of(2) || gpa + 2 > self.share.size {
-            return 0;
-        }
-        // SAFETY: in bounds and aligned in a mapping that lives as long as the engine's
-        // memory, which outlives every device; the back-end writes it concurrently, hence
-        // an atomic load.
-        let v = unsafe { AtomicU16::from_ptr((self.share.host_addr + gpa) as *mut u16) }
-            .load(Ordering::Acquire);
-        u16::from_le(v)
+        self.share.read16(gpa)
     }
 
     fn used_idx(&self, q: usize) -> u16 {
@@ -429,12 +420,8 @@ impl VhostUser {
     /// Whether the driver's rules make a notification due for used idx `old` -> `new`.
     fn notification_due(&self, q: usize, old: u16, new: u16) -> bool {
         let r = &self.rings[q];
-        if self.negotiated(F_EVENT_IDX) {
-            let used_event = self.read16(r.avail + 4 + 2 * u64::from(r.size));
-            crate::driver::need_event(used_event, new, old)
-        } else {
-            self.read16(r.avail) & AVAIL_F_NO_INTERRUPT == 0
-        }
+        self.share
+            .notification_due(r.avail, r.size, old, new, self.negotiated(F_EVENT_IDX))
     }
 
     /// Drains the call fds, waiting for a notification that the used idx movement since the

@@ -61,37 +61,6 @@ run=$!
 wait "$run"
 code=$?
 set -e
-grep -E '^(finding|skipped|scenarios):' "$OUT/stderr" || true
-cat "$OUT/stdout"
-
-fail=()
-if [ "$code" -ne 0 ] && [ "$code" -ne 1 ]; then
-    fail+=("stopfuzz exited $code: $(tail -3 "$OUT/stderr")")
-fi
-for report in "$OUT"/findings/*.txt; do
-    [ -e "$report" ] || continue
-    invariant=$(sed -n 's/^invariant: //p' "$report")
-    if [ "$invariant" = no-panic ] && ! grep -q "the back-end" "$report"; then
-        fail+=("harness panic: $report")
-    elif [[ " $KNOWN " != *" $invariant "* ]]; then
-        fail+=("unknown finding $invariant: $report")
-    fi
-done
-# This run's back-ends only (their scratch directories carry its pid), once they have had a
-# moment to exit.
-for _ in 1 2 3 4 5; do
-    left=$(pgrep -a -f "stopfuzz-vu-$run-" || true)
-    [ -z "$left" ] && break
-    sleep 0.2
-done
-if [ -n "$left" ]; then
-    fail+=("back-end processes left behind: $left")
-fi
-
-summary=$(grep '^summary:' "$OUT/stdout" || echo "summary: none")
-echo "vhost-user-smoke $BACKEND: $summary backend=\"$VERSION\""
-if [ "${#fail[@]}" -gt 0 ]; then
-    printf 'vhost-user-smoke %s FAILED: %s\n' "$BACKEND" "${fail[@]}"
-    exit 1
-fi
-echo "vhost-user-smoke $BACKEND: passed${KNOWN:+ (known third-party findings do not fail it)}"
+# This run's back-ends only: their scratch directories carry its pid.
+source ci/judge-findings.sh
+judge "vhost-user-smoke $BACKEND ($VERSION)" "$code" "$OUT" "$KNOWN" "the back-end" "stopfuzz-vu-$run-"

@@ -451,6 +451,9 @@ pub fn device_args(device: DeviceKind) -> String {
             if !q.reuse {
                 args += " --qemu-fresh";
             }
+            if q.strict {
+                args += " --strict";
+            }
             args
         }
     }

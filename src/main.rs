@@ -56,8 +56,9 @@ struct DeviceOpts {
     /// not reproduce alone, so off by default.
     #[arg(long)]
     reuse_backend: bool,
-    /// With --device vhost-user: also report the back-end's known, documented deviations
-    /// (docs/findings/), which are let pass by default so that fuzzing gets past them.
+    /// With --device vhost-user or qemu: also report the device's known, documented
+    /// deviations (docs/findings/), which are let pass or avoided by default so that
+    /// fuzzing gets past them.
     #[arg(long)]
     strict: bool,
     /// With --device qemu: the QEMU binary.
@@ -108,6 +109,7 @@ impl DeviceOpts {
                     declared,
                     given,
                     reuse: !self.qemu_fresh,
+                    strict: self.strict,
                 })))
             }
         })
@@ -245,6 +247,10 @@ enum Command {
         /// (default: 1, or 20 for a device in another process).
         #[arg(long)]
         repeat: Option<u32>,
+        /// full, or crash-only (the checks not run: the trace shows what the device does
+        /// after the first finding).
+        #[arg(long, value_enum, default_value = "full")]
+        oracle: OracleLevel,
         #[command(flatten)]
         device: DeviceOpts,
     },
@@ -335,12 +341,14 @@ fn dispatch(command: Command) -> ExitCode {
             rings,
             device,
             repeat,
+            oracle,
         } => replay(
             &files,
             target,
             trace,
             rings,
             repeat,
+            oracle,
             device_or_exit!(device),
         ),
         Command::Seeds { out } => seeds(&out),
@@ -507,6 +515,7 @@ fn replay(
     trace: bool,
     rings: bool,
     repeat: Option<u32>,
+    oracle: OracleLevel,
     device: DeviceKind,
 ) -> ExitCode {
     stopfuzz::targets::quiet_panics_in_runs();
@@ -534,7 +543,7 @@ fn replay(
                 file.display()
             );
         }
-        let report = target.run_on(device, &data, trace || rings, OracleLevel::Full);
+        let report = target.run_on(device, &data, trace || rings, oracle);
         let outcome = match &report.outcome {
             Outcome::Pass => "pass".to_string(),
             Outcome::Finding(f) => {
@@ -552,14 +561,7 @@ fn replay(
             20
         });
         if let (Outcome::Finding(f), true) = (&report.outcome, runs > 1) {
-            let hits = explore::reproductions(
-                target,
-                device,
-                &data,
-                f.invariant,
-                runs - 1,
-                OracleLevel::Full,
-            );
+            let hits = explore::reproductions(target, device, &data, f.invariant, runs - 1, oracle);
             println!("  reproduced: {}/{runs}", hits + 1);
         }
         if trace && let Some(t) = &report.trace {

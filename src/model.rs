@@ -145,6 +145,8 @@ pub struct Model {
     pub retry_point: Option<usize>,
     /// Leading bytes of the GET_ID answer that are checked.
     pub id_checked: usize,
+    /// A failed read's used len may count its unwritten data (a known deviation).
+    pub failed_read_len: bool,
 }
 
 impl Model {
@@ -172,6 +174,7 @@ impl Model {
             parked: Vec::new(),
             retry_point: None,
             id_checked: device_id.len(),
+            failed_read_len: false,
         }
     }
 
@@ -371,15 +374,22 @@ impl Model {
                 Ok(ok(data.len() as u32 + 1, known.then(|| data.clone())))
             }
             Some(Attempt::Succeeded { .. }) => Ok(ok(1, None)),
-            Some(Attempt::Failed(e)) => match self.policy_for(r.kind).reaction(*e) {
-                Reaction::Report => Ok(Expected {
-                    status: BLK_S_IOERR,
-                    len: 1,
-                    data: None,
-                }),
-                Reaction::Ignore => Ok(ok(1, None)),
-                Reaction::Park => Err(NotYet::Parked),
-            },
+            Some(Attempt::Failed(e)) => {
+                let len = if self.failed_read_len && r.kind == ReqType::Read {
+                    (r.sectors * SECTOR_SIZE) as u32 + 1
+                } else {
+                    1
+                };
+                match self.policy_for(r.kind).reaction(*e) {
+                    Reaction::Report => Ok(Expected {
+                        status: BLK_S_IOERR,
+                        len,
+                        data: None,
+                    }),
+                    Reaction::Ignore => Ok(ok(len, None)),
+                    Reaction::Park => Err(NotYet::Parked),
+                }
+            }
         }
     }
 

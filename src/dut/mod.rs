@@ -149,6 +149,24 @@ pub struct Description {
     pub id_checked: usize,
     /// The disk keeps what is written. A latency-only disk does not: no data is checked.
     pub keeps_data: bool,
+    /// The known, documented deviations the user lets pass.
+    pub known: Known,
+}
+
+/// Known, documented deviations of a device (docs/findings/), which the harness lets pass
+/// or steers around unless `--strict`, so that fuzzing gets past them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// GET_ID writes the ID string and its NUL but does not pad the rest of the 20 bytes
+    /// (docs/findings/qsd-used-len-counts-unwritten-bytes.md): only up to the NUL is checked.
+    pub get_id_unpadded: bool,
+    /// A failed read's used len counts the data bytes it never wrote
+    /// (docs/findings/qsd-used-len-counts-unwritten-bytes.md, qemu-used-len-counts-unwritten-bytes.md).
+    pub failed_read_len: bool,
+    /// A queue reset keeps the requests in flight from that queue, which later complete
+    /// into the re-enabled queue (docs/findings/qemu-queue-reset-completes-dropped-request.md):
+    /// the driver resets only queues with nothing in flight.
+    pub busy_queue_reset: bool,
 }
 
 /// How the harness sees what a device writes to guest memory.

@@ -52,6 +52,7 @@ impl Device for BlkDevice {
             },
             faults: Vec::new(),
             id_checked: crate::virtio::ID_BYTES,
+            known: Default::default(),
             keeps_data: true,
         }
     }

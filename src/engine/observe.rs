@@ -395,13 +395,15 @@ impl Run<'_> {
                 }
             }
         }
+        // A pause is judged by what was open when the call began: a request that fails
+        // while a reset drains it may pause the VM, and the reset then drops it.
+        if events.io_error_pause && self.conforming() {
+            self.check(|| conforming::error_pause(&self.model))?;
+        }
         // A reset this call made drops what it did not complete.
         self.drop_reset();
         if !self.conforming() {
             return Ok(());
-        }
-        if events.io_error_pause {
-            self.check(|| conforming::error_pause(&self.model))?;
         }
         for (tag, io) in new_io {
             let owner = self.model.owner_of(io);

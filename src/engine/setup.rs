@@ -100,6 +100,7 @@ impl<'m> Run<'m> {
         model.io_unseen = caps.disk == crate::dut::DiskControl::External;
         model.faults = desc.faults.clone();
         model.id_checked = desc.id_checked;
+        model.failed_read_len = desc.known.failed_read_len;
         if !desc.keeps_data {
             model.uncertain.fill(true);
         }

@@ -224,10 +224,16 @@ fn command(cfg: &Config, scratch: &Scratch) -> Result<Vec<String>, String> {
                         f.errno
                     ));
                 }
-                let event = if f.write { "write_aio" } else { "read_aio" };
+                // The event only arms the rule; iotype says which requests it fails
+                // (without it, a rule armed by the first write also fails reads).
+                let (event, iotype) = if f.write {
+                    ("write_aio", "write")
+                } else {
+                    ("read_aio", "read")
+                };
                 let once = if f.once { "on" } else { "off" };
                 bd.push_str(&format!(
-                    ",inject-error.{i}.event={event},inject-error.{i}.errno={},inject-error.{i}.sector={},inject-error.{i}.once={once}",
+                    ",inject-error.{i}.event={event},inject-error.{i}.iotype={iotype},inject-error.{i}.errno={},inject-error.{i}.sector={},inject-error.{i}.once={once}",
                     f.errno, f.sector
                 ));
             }

@@ -532,6 +532,7 @@ impl Device for VhostUser {
                 Vec::new()
             },
             id_checked,
+            known: self.template.known,
             keeps_data: !(self.site.disk.slow && self.template.slows()),
         }
     }

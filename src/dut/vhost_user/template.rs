@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::IoError;
 use crate::contract::ErrorPolicy;
-use crate::dut::Fault;
+use crate::dut::{Fault, Known};
 
 /// qemu-storage-daemon's vhost-user-blk export: the default template.
 pub const QSD: &str = "qemu-storage-daemon {blockdev} --export type=vhost-user-blk,id=export0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on,num-queues=1";
@@ -55,14 +55,6 @@ pub struct Template {
     /// Known deviations of this back-end that the oracle lets pass (each documented in
     /// docs/findings/); `--strict` clears them.
     pub known: Known,
-}
-
-/// Known, documented deviations a template's back-end has.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Known {
-    /// GET_ID writes the ID string and its NUL but does not pad the rest of the 20 bytes
-    /// (docs/findings/qsd-get-id-not-nul-padded.md): only up to the NUL is checked.
-    pub get_id_unpadded: bool,
 }
 
 /// What one back-end is started with.
@@ -115,6 +107,8 @@ impl Template {
             id: QSD_ID.to_string(),
             known: Known {
                 get_id_unpadded: text == QSD,
+                failed_read_len: text == QSD,
+                busy_queue_reset: false,
             },
         })
     }

@@ -154,6 +154,42 @@ fn werror_stop_pauses_until_the_storage_is_healed() {
 }
 
 #[test]
+fn a_parked_write_migrates_and_completes_once_on_the_destination() {
+    if !qemu_installed() {
+        return;
+    }
+    let _one = serial();
+    let mut ops = vec![Op::Fail {
+        pick: 3,
+        error: IoError::Io,
+    }];
+    ops.extend(request(ReqType::Write, 5));
+    // Parks: the VM pauses on the error. The destination keeps the fault, so the retry at
+    // its `cont` parks again, until the heal.
+    ops.extend(request(ReqType::Write, 3));
+    ops.extend([
+        Op::Migrate,
+        Op::Poll,
+        Op::Heal,
+        Op::Poll,
+        Op::Reap { queue: 0 },
+    ]);
+    ops.extend(request(ReqType::Read, 3));
+    let report = run(device(ErrorPolicy::Stop, ErrorPolicy::Stop), &program(ops));
+    let trace = trace(&report);
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    let migrated = trace
+        .find("migrated:")
+        .expect("the trace shows the migration");
+    let heal = trace.find("Heal").expect("the trace shows the heal");
+    assert!(migrated < heal, "{trace}");
+    // The parked write completes only after the heal, on the destination.
+    assert!(!trace[..heal].contains("used idx [2]"), "{trace}");
+    assert!(trace[heal..].contains("used idx [2]"), "{trace}");
+    assert_eq!(leftovers(), "", "QEMU left behind");
+}
+
+#[test]
 fn every_bug_planted_in_the_configuration_is_found() {
     if !qemu_installed() {
         return;

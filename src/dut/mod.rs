@@ -220,6 +220,10 @@ pub struct Capabilities {
     /// A host stop pauses the guest too (QEMU's `stop`): while it lasts, a realistic driver
     /// neither touches the rings nor the device.
     pub stop_freezes_guest: bool,
+    /// Saving ends the device (QEMU: a completed outgoing migration leaves the VM
+    /// `postmigrate`), so a restored device is not saved again and `round-trip` is not
+    /// checked.
+    pub save_ends_device: bool,
 }
 
 /// What a device signalled since the last [`Device::take_events`].

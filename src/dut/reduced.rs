@@ -158,6 +158,7 @@ impl Device for Reduced {
             interrupts_in_memory: inner.interrupts_in_memory,
             heals: inner.heals,
             stop_freezes_guest: inner.stop_freezes_guest,
+            save_ends_device: inner.save_ends_device,
             abuse: inner.abuse,
         }
     }

@@ -67,6 +67,7 @@ impl Device for BlkDevice {
             interrupts_in_memory: false,
             heals: false,
             stop_freezes_guest: false,
+            save_ends_device: false,
             abuse: false,
         }
     }

@@ -76,6 +76,7 @@ impl<'m> Run<'m> {
             remote: !caps.deterministic,
             faults: caps.disk == DiskControl::Harness || caps.faults,
             parks: desc.contract.write_policy.parks() || desc.contract.read_policy.parks(),
+            save_ends: caps.save_ends_device,
         };
         let start = if dev.ring_base().is_some() {
             cfg.start_index

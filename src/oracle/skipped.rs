@@ -21,6 +21,8 @@ pub(crate) struct Offered {
     pub faults: bool,
     /// Its error policy parks a failed request, for some error.
     pub parks: bool,
+    /// Saving ends it ([`crate::dut::Capabilities::save_ends_device`]).
+    pub save_ends: bool,
 }
 
 /// A check, or the part of one, that could not run.
@@ -87,6 +89,11 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
     skip(!o.host, StopState, "host stops: no host control");
     skip(!o.host, StopAcked, "host stops: no host control");
     skip(!o.migration, RoundTrip, "no save and restore");
+    skip(
+        o.migration && o.save_ends,
+        RoundTrip,
+        "saving ends the device (QEMU's source is left postmigrate), so the restored one is not saved again",
+    );
     skip(!o.migration, RestoreRejects, "no save and restore");
     skip(
         o.migration && !o.snapshot_inspection,
@@ -140,8 +147,18 @@ mod tests {
             remote: false,
             faults: false,
             parks: true,
+            save_ends: false,
         };
         assert!(skipped(&full).is_empty());
+        let round_trip = |o: &Offered| {
+            skipped(o)
+                .iter()
+                .any(|s| s.invariant == Invariant::RoundTrip)
+        };
+        assert!(round_trip(&Offered {
+            save_ends: true,
+            ..full
+        }));
         let remote = Offered {
             writes: WriteObservation::Blind,
             introspection: false,

@@ -27,8 +27,8 @@ use crate::driver::layout::DEVICE_PAGE;
 use crate::dut::vhost_user::device::{MAX_WAIT, QUIET};
 use crate::dut::vhost_user::link::Site;
 use crate::dut::{
-    Capabilities, Description, Device, DiskControl, Env, Events, Failure, HostControl, StopState,
-    Want, WriteObservation,
+    Capabilities, Description, Device, DeviceError, DiskControl, Env, Events, Failure, HostControl,
+    Migration, StopState, Want, WriteObservation,
 };
 use crate::memory::Share;
 use crate::virtio::*;
@@ -69,6 +69,10 @@ struct Ring {
     gave_up: Option<(u16, u16)>,
     /// A kick made while the VM was paused, for `cont` to deliver.
     held_kick: bool,
+    /// QEMU does not know which used idx it last signalled (a queue set up, a migration
+    /// loaded: `signalled_used_valid` false), so its next used update notifies even where
+    /// EVENT_IDX would not.
+    signal_unknown: bool,
 }
 
 /// QEMU behind the device boundary.
@@ -94,6 +98,10 @@ pub struct QemuDevice {
     desc: Description,
     /// The queue count QEMU was started with.
     queues: u16,
+    /// This QEMU was saved by a migration, or loaded one: not kept for another run.
+    migrated: bool,
+    /// Migrations saved so far on this site: names each one's file.
+    saves: u32,
 }
 
 impl QemuDevice {
@@ -150,6 +158,8 @@ impl QemuDevice {
             events: Events::default(),
             desc,
             queues,
+            migrated: false,
+            saves: 0,
         };
         // Nothing of an earlier run may still signal.
         for v in 0..=num_queues {
@@ -323,6 +333,9 @@ impl QemuDevice {
     /// Whether the driver's rules make a notification due for used idx `old` -> `new`.
     fn notification_due(&self, q: usize, old: u16, new: u16, event_idx: bool) -> bool {
         let r = &self.rings[q];
+        if event_idx && r.signal_unknown {
+            return true;
+        }
         self.share
             .notification_due(r.avail, r.size, old, new, event_idx)
     }
@@ -349,6 +362,9 @@ impl QemuDevice {
                 }
                 self.events.used[q] += u32::from(got);
                 self.rings[q].seen_used = now;
+                if now != old {
+                    self.rings[q].signal_unknown = false;
+                }
                 if self.used_idx(q) == now {
                     break;
                 }
@@ -367,7 +383,7 @@ impl QemuDevice {
 
     /// Whether this QEMU can serve the next run: alive, running, nothing in flight.
     fn reusable(&mut self) -> bool {
-        if self.broken || self.healed || !self.qemu.reuse || self.check_alive() {
+        if self.broken || self.healed || self.migrated || !self.qemu.reuse || self.check_alive() {
             return false;
         }
         let idle = (0..self.rings.len()).all(|q| {
@@ -395,6 +411,7 @@ impl Device for QemuDevice {
             interrupts_in_memory: true,
             heals: true,
             stop_freezes_guest: true,
+            save_ends_device: true,
         }
     }
 
@@ -441,6 +458,7 @@ impl Device for QemuDevice {
         let start = used.checked_add(2).map_or(0, |at| self.read16(at));
         if let Some(r) = self.rings.get_mut(usize::from(q)) {
             (r.desc, r.avail, r.used, r.seen_used, r.kicked) = (desc, avail, used, start, start);
+            r.signal_unknown = true;
         }
     }
 
@@ -496,6 +514,10 @@ impl Device for QemuDevice {
         Some(self)
     }
 
+    fn migration(&mut self) -> Option<&mut dyn Migration> {
+        Some(self)
+    }
+
     fn disk_image(&self) -> Option<Vec<u8>> {
         std::fs::read(&self.site.image).ok()
     }
@@ -539,6 +561,78 @@ impl HostControl for QemuDevice {
 
     fn stop_state(&mut self) -> StopState {
         self.host
+    }
+}
+
+/// Migration is QEMU's own: `migrate` to a file while the VM is stopped, then a new QEMU
+/// started with `-incoming defer` on the same memfd (`x-ignore-shared`: the RAM is not in
+/// the stream) loads it with `migrate-incoming`. The destination's storage is the source's:
+/// the same image, with the same blkdebug rules unless a heal removed them, as a migration
+/// does not fix a disk; the program fixes it with `Heal`.
+impl Migration for QemuDevice {
+    fn save(&mut self) -> Result<Vec<u8>, DeviceError> {
+        if self.host != StopState::Stopped {
+            return Err(DeviceError::Refused(
+                "QEMU migrates only a stopped VM here".into(),
+            ));
+        }
+        self.saves += 1;
+        let file = self.site.file(&format!("migration-{}", self.saves));
+        // A failed migration fails the device: QEMU's finding, with its stderr.
+        self.qemu(|m| m.migrate_to(&file))
+            .ok_or_else(|| DeviceError::Refused("QEMU's migration failed".into()))?;
+        self.migrated = true;
+        let bytes = std::fs::read(&file)
+            .map_err(|e| DeviceError::Refused(format!("cannot read {}: {e}", file.display())));
+        let _ = std::fs::remove_file(&file);
+        bytes
+    }
+
+    fn restore_fresh(
+        &mut self,
+        bytes: &[u8],
+        _env: &mut Env,
+    ) -> Result<Box<dyn Device>, DeviceError> {
+        self.saves += 1;
+        let file = self.site.file(&format!("migration-{}", self.saves));
+        std::fs::write(&file, bytes)
+            .map_err(|e| DeviceError::Build(format!("cannot write {}: {e}", file.display())))?;
+        let mut cfg = super::config(self.qemu, &self.site, self.queues, self.share);
+        if self.healed {
+            cfg.faults.clear();
+        }
+        cfg.incoming = Some(file.clone());
+        let started = Machine::start(&cfg);
+        let _ = std::fs::remove_file(&file);
+        let mut machine = started.map_err(DeviceError::Refused)?;
+        let io_paused = machine.run_state().map_err(DeviceError::Refused)? == "io-error";
+        Ok(Box::new(QemuDevice {
+            qemu: self.qemu,
+            site: self.site.clone(),
+            machine: RefCell::new(Some(machine)),
+            share: self.share,
+            rings: self
+                .rings
+                .iter()
+                .map(|r| Ring {
+                    signal_unknown: true,
+                    ..*r
+                })
+                .collect(),
+            status: self.status.clone(),
+            driver_features: self.driver_features,
+            host: StopState::Stopped,
+            io_paused,
+            healed: self.healed,
+            want: self.want.clone(),
+            failed: None,
+            broken: false,
+            events: Events::default(),
+            desc: self.desc.clone(),
+            queues: self.queues,
+            migrated: true,
+            saves: self.saves,
+        }))
     }
 }
 

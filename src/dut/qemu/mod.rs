@@ -198,7 +198,7 @@ pub fn shutdown() {
 }
 
 /// The command line's device properties and block graph for `disk`.
-fn config(qemu: &Qemu, site: &Site, queues: u16, share: crate::memory::Share) -> Config {
+pub(super) fn config(qemu: &Qemu, site: &Site, queues: u16, share: crate::memory::Share) -> Config {
     let errno = |e: IoError| match e {
         IoError::NoSpace => libc::ENOSPC,
         IoError::Io => libc::EIO,

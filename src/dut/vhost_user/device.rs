@@ -547,6 +547,7 @@ impl Device for VhostUser {
             interrupts_in_memory: false,
             heals: false,
             stop_freezes_guest: false,
+            save_ends_device: false,
             abuse: true,
         }
     }

@@ -52,6 +52,11 @@ impl Site {
         Ok(Rc::new(site))
     }
 
+    /// A path in its scratch directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.scratch.join(name)
+    }
+
     /// Makes the image all zeros again, at its size.
     pub fn zero(&self) -> Result<(), String> {
         let f = std::fs::OpenOptions::new()

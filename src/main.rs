@@ -284,6 +284,10 @@ enum BenchEngine {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`| head`) ends stopfuzz quietly, as it
+    // does any Unix tool, instead of panicking on the failed print.
+    // SAFETY: restoring the default disposition of a signal, before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

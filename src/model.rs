@@ -277,16 +277,37 @@ impl Model {
 
     /// The error an injected fault gives request `id`'s I/O, if one covers it.
     fn fault_for(&self, id: ReqId) -> Option<IoError> {
+        self.fault_in(id, &self.faults)
+    }
+
+    /// The error one of `faults` gives request `id`'s I/O, if one covers it.
+    fn fault_in(&self, id: ReqId, faults: &[Fault]) -> Option<IoError> {
         let r = &self.requests[id];
         let write = match r.kind {
             ReqType::Write => true,
             ReqType::Read => false,
             _ => return None,
         };
-        self.faults
+        faults
             .iter()
             .find(|f| f.write == write && r.sectors().contains(&f.sector))
             .map(|f| f.error)
+    }
+
+    /// How many open, published requests of queue `q` one of `faults` (the device's faults
+    /// since setup, heals aside) fails with an error their policy parks on: the most a
+    /// device whose stop drains may still hold at a stop.
+    pub fn parkable(&self, q: u16, faults: &[Fault]) -> usize {
+        self.open_ids()
+            .filter(|&id| {
+                let r = &self.requests[id];
+                r.q == q
+                    && r.state == ReqState::Published
+                    && self
+                        .fault_in(id, faults)
+                        .is_some_and(|e| self.policy_for(r.kind).reaction(e) == Reaction::Park)
+            })
+            .count()
     }
 
     /// Whether some open request's I/O fails, by an injected fault, with an error the

@@ -224,6 +224,20 @@ pub struct Capabilities {
     /// `postmigrate`), so a restored device is not saved again and `round-trip` is not
     /// checked.
     pub save_ends_device: bool,
+    /// [`Device::queue_state`] answers, at host stops: the device's own ring positions,
+    /// too dear to ask after every call (QEMU: a QMP round trip).
+    pub queue_state_at_stops: bool,
+}
+
+/// A queue as the device counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// The next avail position it will fetch.
+    pub next_avail: u16,
+    /// Its used idx.
+    pub next_used: u16,
+    /// Requests it fetched and has not used.
+    pub inuse: u32,
 }
 
 /// What a device signalled since the last [`Device::take_events`].
@@ -340,6 +354,11 @@ pub trait Device {
     }
     /// Save and restore, if the device offers them.
     fn migration(&mut self) -> Option<&mut dyn Migration> {
+        None
+    }
+    /// Queue `q` as the device counts it, if it shows that
+    /// ([`Capabilities::queue_state_at_stops`]); asked while the host has it stopped.
+    fn queue_state(&mut self, _q: u16) -> Option<QueueState> {
         None
     }
     /// Setting a ring's start index, if the device offers it.

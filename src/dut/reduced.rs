@@ -159,6 +159,7 @@ impl Device for Reduced {
             heals: inner.heals,
             stop_freezes_guest: inner.stop_freezes_guest,
             save_ends_device: inner.save_ends_device,
+            queue_state_at_stops: inner.queue_state_at_stops,
             abuse: inner.abuse,
         }
     }

@@ -68,6 +68,7 @@ impl Device for BlkDevice {
             heals: false,
             stop_freezes_guest: false,
             save_ends_device: false,
+            queue_state_at_stops: false,
             abuse: false,
         }
     }

@@ -25,6 +25,9 @@ impl Run<'_> {
                 if stop { h.stop(env) } else { h.resume(env) }
             }
         })?;
+        if stop {
+            self.stopped_queues()?;
+        }
         if self.conforming() {
             let what = if stop { "host stop" } else { "host resume" };
             // Notifications for used entries the call saw are judged by `notify`.
@@ -105,7 +108,31 @@ impl Run<'_> {
         })?;
         let events = self.last_undue;
         self.await_acks(true)?;
+        self.stopped_queues()?;
         Ok(events)
+    }
+
+    /// At an acknowledged host stop, each queue as the device counts it, where it shows
+    /// that ([`crate::dut::Capabilities::queue_state_at_stops`]).
+    pub(super) fn stopped_queues(&mut self) -> Check {
+        if !self.caps.queue_state_at_stops
+            || !self.conforming()
+            || !self.checks
+            || self.stops.host.asked != Asked::Acked
+        {
+            return Ok(());
+        }
+        for q in 0..self.queues() {
+            let Some(s) = self.dev.queue_state(q) else {
+                continue;
+            };
+            let queue = &self.driver.queues[usize::from(q)];
+            let (published, size) = (queue.published, queue.size);
+            let ring_used = self.driver.used_idx(self.mem.mem(), q);
+            let parkable = self.model.parkable(q, &self.desc.faults);
+            self.check(|| conforming::stopped_queue(q, s, ring_used, published, size, parkable))?;
+        }
+        Ok(())
     }
 
     /// Rounds of completing every disk I/O and polling, while a stop waits for its
@@ -173,6 +200,8 @@ impl Run<'_> {
                 }
                 self.dev = dev;
                 self.stops.restored();
+                // The destination's count, loaded from the stream.
+                self.stopped_queues()?;
                 self.signal_valid = [false; crate::program::MAX_QUEUES];
                 self.note(|| format!("migrated: {} snapshot bytes", bytes.len()));
             }

@@ -77,6 +77,7 @@ impl<'m> Run<'m> {
             faults: caps.disk == DiskControl::Harness || caps.faults,
             parks: desc.contract.write_policy.parks() || desc.contract.read_policy.parks(),
             save_ends: caps.save_ends_device,
+            positions_at_stops: caps.queue_state_at_stops,
         };
         let start = if dev.ring_base().is_some() {
             cfg.start_index

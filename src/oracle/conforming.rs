@@ -10,7 +10,7 @@ use super::{Check, Invariant, ensure, violation};
 use crate::backend::Io;
 use crate::contract::{InflightPolicy, Reaction};
 use crate::driver::{Driver, UsedElem, need_event};
-use crate::dut::Held;
+use crate::dut::{Held, QueueState};
 use crate::model::{Attempt, Model, ReqId, ReqState};
 use crate::program::ReqType;
 use crate::virtio::{AVAIL_F_NO_INTERRUPT, F_EVENT_IDX, S_FEATURES_OK, S_NEEDS_RESET};
@@ -510,6 +510,53 @@ fn describe(io: &Io) -> String {
     }
 }
 
+/// A host-stopped device's own count of queue `q` agrees with the ring and the model: its
+/// used idx is the ring's; it fetched only what was made available (`published`); `inuse`
+/// is what it fetched and has not used, within the ring; and, as its stop waits for the
+/// disk, it holds no more than the `parkable` requests an injected fault parks.
+pub fn stopped_queue(
+    q: u16,
+    s: QueueState,
+    ring_used: u16,
+    published: u16,
+    size: u16,
+    parkable: usize,
+) -> Check {
+    ensure(s.next_used == ring_used, Invariant::UsedMonotone, || {
+        format!(
+            "queue {q}: the stopped device counts used idx {}, the ring holds {ring_used}",
+            s.next_used
+        )
+    })?;
+    let fetched = s.next_avail.wrapping_sub(s.next_used);
+    ensure(
+        fetched <= published.wrapping_sub(ring_used),
+        Invariant::AvailWindow,
+        || {
+            format!(
+                "queue {q}: the stopped device fetched up to avail position {} (used idx {}), beyond avail idx {published}",
+                s.next_avail, s.next_used
+            )
+        },
+    )?;
+    ensure(
+        s.inuse == u32::from(fetched) && fetched <= size,
+        Invariant::InuseBound,
+        || {
+            format!(
+                "queue {q}: the stopped device counts {} requests in use, {fetched} fetched and not used (size {size})",
+                s.inuse
+            )
+        },
+    )?;
+    ensure(s.inuse as usize <= parkable, Invariant::Contract, || {
+        format!(
+            "queue {q}: at a host stop the device holds {} requests; at most {parkable} can be parked on an injected fault, and the stop waits for the rest",
+            s.inuse
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,5 +694,38 @@ mod tests {
         assert!(notify(0, true, true, false, true, 0, 1).is_err());
         assert!(notify(0, true, true, false, true, 2, 1).is_ok());
         assert!(notify(0, true, true, false, true, 3, 1).is_err());
+    }
+
+    #[test]
+    fn a_stopped_queue_is_judged_by_its_own_count() {
+        let s = |next_avail, next_used, inuse| QueueState {
+            next_avail,
+            next_used,
+            inuse,
+        };
+        let judge =
+            |st, parkable| stopped_queue(0, st, 4, 6, 16, parkable).map_err(|v| v.invariant);
+        assert_eq!(judge(s(4, 4, 0), 0), Ok(()));
+        assert_eq!(judge(s(5, 4, 1), 1), Ok(()), "one parked request held");
+        assert_eq!(
+            judge(s(5, 4, 1), 0),
+            Err(Invariant::Contract),
+            "held, not parkable"
+        );
+        assert_eq!(
+            judge(s(7, 4, 3), 3),
+            Err(Invariant::AvailWindow),
+            "beyond avail idx 6"
+        );
+        assert_eq!(
+            judge(s(4, 4, u32::MAX), 9),
+            Err(Invariant::InuseBound),
+            "inuse wrapped"
+        );
+        assert_eq!(
+            judge(s(4, 3, 1), 1),
+            Err(Invariant::UsedMonotone),
+            "used idx disagrees"
+        );
     }
 }

@@ -23,6 +23,9 @@ pub(crate) struct Offered {
     pub parks: bool,
     /// Saving ends it ([`crate::dut::Capabilities::save_ends_device`]).
     pub save_ends: bool,
+    /// It shows its ring positions at host stops only
+    /// ([`crate::dut::Capabilities::queue_state_at_stops`]).
+    pub positions_at_stops: bool,
 }
 
 /// A check, or the part of one, that could not run.
@@ -71,7 +74,11 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
         Parked,
         "the back-end's declared error policy never parks a request",
     );
-    let positions = "the device shows no ring positions";
+    let positions = if o.positions_at_stops {
+        "between host stops: the device's ring positions are asked for only at host stops"
+    } else {
+        "the device shows no ring positions"
+    };
     skip(!o.introspection, AvailWindow, positions);
     skip(!o.introspection, InuseBound, positions);
     skip(
@@ -82,7 +89,11 @@ pub(crate) fn skipped(o: &Offered) -> Vec<Skip> {
     skip(
         !o.introspection,
         Contract,
-        "the device shows no held requests",
+        if o.positions_at_stops {
+            "held requests: the device shows only their count, at host stops"
+        } else {
+            "the device shows no held requests"
+        },
     );
     skip(!o.host, Transparent, "no host stop or resume");
     skip(!o.host, Contract, "host stops: no host control");
@@ -148,6 +159,7 @@ mod tests {
             faults: false,
             parks: true,
             save_ends: false,
+            positions_at_stops: false,
         };
         assert!(skipped(&full).is_empty());
         let round_trip = |o: &Offered| {

@@ -28,7 +28,7 @@ use crate::dut::vhost_user::device::{MAX_WAIT, QUIET};
 use crate::dut::vhost_user::link::Site;
 use crate::dut::{
     Capabilities, Description, Device, DeviceError, DiskControl, Env, Events, Failure, HostControl,
-    Migration, StopState, Want, WriteObservation,
+    Migration, QueueState, StopState, Want, WriteObservation,
 };
 use crate::memory::Share;
 use crate::virtio::*;
@@ -412,6 +412,7 @@ impl Device for QemuDevice {
             heals: true,
             stop_freezes_guest: true,
             save_ends_device: true,
+            queue_state_at_stops: true,
         }
     }
 
@@ -516,6 +517,18 @@ impl Device for QemuDevice {
 
     fn migration(&mut self) -> Option<&mut dyn Migration> {
         Some(self)
+    }
+
+    fn queue_state(&mut self, q: u16) -> Option<QueueState> {
+        if !self.rings.get(usize::from(q))?.enabled {
+            return None;
+        }
+        let s = self.qemu(|m| m.queue_status(q))?;
+        Some(QueueState {
+            next_avail: s.last_avail_idx,
+            next_used: s.used_idx,
+            inuse: s.inuse,
+        })
     }
 
     fn disk_image(&self) -> Option<Vec<u8>> {

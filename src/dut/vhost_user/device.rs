@@ -548,6 +548,7 @@ impl Device for VhostUser {
             heals: false,
             stop_freezes_guest: false,
             save_ends_device: false,
+            queue_state_at_stops: false,
             abuse: true,
         }
     }

@@ -60,6 +60,11 @@ pub struct Want {
     /// The driver is the hostile one: it may do what no guest could, such as kick while
     /// the VM is paused.
     pub hostile: bool,
+    /// The ring size the driver wants.
+    pub queue_size: u16,
+    /// Input bits a device may use to vary what it exposes: the program's start index,
+    /// which only a device with a ring base uses (QEMU picks its properties with them).
+    pub variant: u16,
 }
 
 /// A disk fault a device that does its own I/O is built with: every read (or write) that

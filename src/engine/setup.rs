@@ -42,6 +42,8 @@ impl<'m> Run<'m> {
             slow: program.ops.contains(&Op::DiskFull),
             abuse: cfg.abuse.filter(|_| mode == Mode::Hostile),
             hostile: mode == Mode::Hostile,
+            queue_size: cfg.queue_size,
+            variant: cfg.start_index,
         };
         let mut dev = factory
             .build(&want)

@@ -21,8 +21,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use super::Qemu;
 use super::machine::Machine;
+use super::{Exposed, Qemu};
 use crate::driver::layout::DEVICE_PAGE;
 use crate::dut::vhost_user::device::{MAX_WAIT, QUIET};
 use crate::dut::vhost_user::link::Site;
@@ -96,8 +96,8 @@ pub struct QemuDevice {
     broken: bool,
     events: Events,
     desc: Description,
-    /// The queue count QEMU was started with.
-    queues: u16,
+    /// What QEMU was started with.
+    exposed: Exposed,
     /// This QEMU was saved by a migration, or loaded one: not kept for another run.
     migrated: bool,
     /// Migrations saved so far on this site: names each one's file.
@@ -112,7 +112,7 @@ impl QemuDevice {
         mut machine: Machine,
         want: &Want,
         share: Share,
-        queues: u16,
+        exposed: Exposed,
     ) -> Result<QemuDevice, String> {
         let features = machine.device_features()?;
         let num_queues = machine.num_queues()?.min(want.queues.max(1));
@@ -157,7 +157,7 @@ impl QemuDevice {
             broken: false,
             events: Events::default(),
             desc,
-            queues,
+            exposed,
             migrated: false,
             saves: 0,
         };
@@ -610,7 +610,7 @@ impl Migration for QemuDevice {
         let file = self.site.file(&format!("migration-{}", self.saves));
         std::fs::write(&file, bytes)
             .map_err(|e| DeviceError::Build(format!("cannot write {}: {e}", file.display())))?;
-        let mut cfg = super::config(self.qemu, &self.site, self.queues, self.share);
+        let mut cfg = super::config(self.qemu, &self.site, self.exposed, self.share);
         if self.healed {
             cfg.faults.clear();
         }
@@ -642,7 +642,7 @@ impl Migration for QemuDevice {
             broken: false,
             events: Events::default(),
             desc: self.desc.clone(),
-            queues: self.queues,
+            exposed: self.exposed,
             migrated: true,
             saves: self.saves,
         }))
@@ -654,7 +654,7 @@ impl Drop for QemuDevice {
         if self.reusable()
             && let Some(machine) = self.machine.borrow_mut().take()
         {
-            super::give_back(self.qemu, self.site.clone(), machine, self.queues);
+            super::give_back(self.qemu, self.site.clone(), machine, self.exposed);
         }
     }
 }

@@ -169,11 +169,59 @@ pub const PLANTED: &[Planted] = {
     ]
 };
 
-/// A worker's idle QEMU: the disk it serves and its queue count.
+/// What a run's QEMU exposes beyond the disk: virtio-blk-pci properties chosen by the
+/// program (its queue count and ring size, and [`Want::variant`]'s bits), so that the
+/// driver meets QEMU with and without each feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exposed {
+    /// `num-queues`.
+    pub queues: u16,
+    /// `queue-size`: QEMU's largest ring, and what a queue reset brings a ring back to.
+    pub queue_size: u16,
+    /// `event_idx`: EVENT_IDX offered.
+    pub event_idx: bool,
+    /// `indirect_desc`: INDIRECT_DESC offered.
+    pub indirect: bool,
+    /// `request-merging`: adjacent requests merged into one I/O.
+    pub merging: bool,
+}
+
+impl Exposed {
+    /// Bit 0 takes EVENT_IDX away, bit 1 INDIRECT_DESC, bit 2 request merging; bit 3 keeps
+    /// QEMU's default ring size (256) instead of the driver's (at least 4, as QEMU
+    /// requires).
+    pub fn of(want: &Want) -> Exposed {
+        let bit = |n: u16| want.variant & (1 << n) != 0;
+        Exposed {
+            queues: want.queues.max(1),
+            queue_size: if bit(3) {
+                256
+            } else {
+                want.queue_size.clamp(4, 256)
+            },
+            event_idx: !bit(0),
+            indirect: !bit(1),
+            merging: !bit(2),
+        }
+    }
+
+    fn props(&self) -> Vec<(String, String)> {
+        let on = |b: bool| if b { "on" } else { "off" }.to_string();
+        vec![
+            ("num-queues".into(), self.queues.to_string()),
+            ("queue-size".into(), self.queue_size.to_string()),
+            ("event_idx".into(), on(self.event_idx)),
+            ("indirect_desc".into(), on(self.indirect)),
+            ("request-merging".into(), on(self.merging)),
+        ]
+    }
+}
+
+/// A worker's idle QEMU: the disk it serves and what it exposes.
 struct Idle {
     qemu: &'static Qemu,
     site: Rc<Site>,
-    queues: u16,
+    exposed: Exposed,
     machine: Machine,
 }
 
@@ -181,12 +229,12 @@ thread_local! {
     static IDLE: RefCell<Option<Idle>> = const { RefCell::new(None) };
 }
 
-fn give_back(qemu: &'static Qemu, site: Rc<Site>, machine: Machine, queues: u16) {
+fn give_back(qemu: &'static Qemu, site: Rc<Site>, machine: Machine, exposed: Exposed) {
     IDLE.with(|idle| {
         *idle.borrow_mut() = Some(Idle {
             qemu,
             site,
-            queues,
+            exposed,
             machine,
         })
     });
@@ -198,7 +246,12 @@ pub fn shutdown() {
 }
 
 /// The command line's device properties and block graph for `disk`.
-pub(super) fn config(qemu: &Qemu, site: &Site, queues: u16, share: crate::memory::Share) -> Config {
+pub(super) fn config(
+    qemu: &Qemu,
+    site: &Site,
+    exposed: Exposed,
+    share: crate::memory::Share,
+) -> Config {
     let errno = |e: IoError| match e {
         IoError::NoSpace => libc::ENOSPC,
         IoError::Io => libc::EIO,
@@ -220,12 +273,14 @@ pub(super) fn config(qemu: &Qemu, site: &Site, queues: u16, share: crate::memory
             })
             .collect(),
         slow: site.disk.slow.then_some(SLOW_LATENCY_NS),
-        props: vec![
+        props: [
             ("werror".into(), policy_name(qemu.given.0).into()),
             ("rerror".into(), policy_name(qemu.given.1).into()),
-            ("num-queues".into(), queues.to_string()),
             ("serial".into(), SERIAL.into()),
-        ],
+        ]
+        .into_iter()
+        .chain(exposed.props())
+        .collect(),
         incoming: None,
     }
 }
@@ -242,21 +297,21 @@ pub fn build(qemu: &'static Qemu, want: &Want) -> Result<Box<dyn Device>, Device
         // blkdebug needs a file under it: faults win over a slow disk.
         slow: want.slow && want.faults.is_empty(),
     };
-    let queues = want.queues.max(1);
+    let exposed = Exposed::of(want);
     let idle = IDLE.with(|idle| idle.borrow_mut().take());
     let (site, machine) = match idle {
-        Some(i) if std::ptr::eq(i.qemu, qemu) && i.site.disk == disk && i.queues == queues => {
+        Some(i) if std::ptr::eq(i.qemu, qemu) && i.site.disk == disk && i.exposed == exposed => {
             i.site.zero().map_err(DeviceError::Build)?;
             (i.site, i.machine)
         }
         _ => {
             let site = Site::new(disk).map_err(DeviceError::Build)?;
             let machine =
-                Machine::start(&config(qemu, &site, queues, share)).map_err(DeviceError::Build)?;
+                Machine::start(&config(qemu, &site, exposed, share)).map_err(DeviceError::Build)?;
             (site, machine)
         }
     };
-    let dev = device::QemuDevice::new(qemu, site, machine, want, share, queues)
+    let dev = device::QemuDevice::new(qemu, site, machine, want, share, exposed)
         .map_err(DeviceError::Build)?;
     Ok(Box::new(dev))
 }

@@ -752,6 +752,8 @@ impl Migration for VhostUser {
             slow: self.site.disk.slow,
             abuse: self.abuse,
             hostile: self.abuse.is_some(),
+            queue_size: 0,
+            variant: 0,
         };
         let mut dev = VhostUser::new(self.template, backend, &want, self.share)?;
         dev.host = StopState::Stopped;

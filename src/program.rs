@@ -242,6 +242,10 @@ pub enum Op {
     },
     /// Status 0, then initialization again.
     DeviceReset,
+    /// The host resets the whole machine (QEMU's `system_reset`); the driver then
+    /// initializes the device again. A device without it gets a [`Op::DeviceReset`].
+    /// Encoded as a device reset with bit 0 of its first argument set.
+    SystemReset,
     /// Completes all disk I/O and polls until nothing moves.
     Settle,
     // Hostile ops: blk_hostile only.
@@ -381,7 +385,7 @@ impl Op {
             Op::HostResume => OpKind::HostResume,
             Op::Migrate => OpKind::Migrate,
             Op::QueueReset { .. } => OpKind::QueueReset,
-            Op::DeviceReset => OpKind::DeviceReset,
+            Op::DeviceReset | Op::SystemReset => OpKind::DeviceReset,
             Op::Settle => OpKind::Settle,
             Op::AvailJump { .. } => OpKind::AvailJump,
             Op::RewriteAvail { .. } => OpKind::RewriteAvail,
@@ -438,6 +442,7 @@ impl Op {
             OpKind::HostResume => Op::HostResume,
             OpKind::Migrate => Op::Migrate,
             OpKind::QueueReset => Op::QueueReset { queue: a },
+            OpKind::DeviceReset if a & 1 != 0 => Op::SystemReset,
             OpKind::DeviceReset => Op::DeviceReset,
             OpKind::Settle => Op::Settle,
             OpKind::AvailJump => Op::AvailJump {
@@ -495,6 +500,7 @@ impl Op {
             | Op::Reap { queue }
             | Op::QueueReset { queue } => [queue, 0, 0],
             Op::Complete { pick } => [pick, 0, 0],
+            Op::SystemReset => [1, 0, 0],
             Op::Fail { pick, error } => [pick, u8::from(error == IoError::Io), 0],
             Op::AvailJump { queue, jump, n } => [queue, jump as u8, n],
             Op::RewriteAvail { queue, slot, head } => [queue, slot, head],

@@ -353,6 +353,7 @@ fn labels(program: &Program, report: &Report) -> Vec<String> {
             Op::Migrate => out.push("lifecycle=migrate".into()),
             Op::QueueReset { .. } => out.push("lifecycle=queue-reset".into()),
             Op::DeviceReset => out.push("lifecycle=device-reset".into()),
+            Op::SystemReset => out.push("lifecycle=system-reset".into()),
             Op::DiskFull => out.push("lifecycle=disk-full".into()),
             Op::Fail { .. } => out.push("lifecycle=fail".into()),
             Op::Heal => out.push("lifecycle=heal".into()),

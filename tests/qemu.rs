@@ -190,6 +190,36 @@ fn a_parked_write_migrates_and_completes_once_on_the_destination() {
 }
 
 #[test]
+fn a_system_reset_drops_the_parked_write_and_the_vm_runs_on() {
+    if !qemu_installed() {
+        return;
+    }
+    let _one = serial();
+    let mut ops = vec![Op::Fail {
+        pick: 3,
+        error: IoError::Io,
+    }];
+    ops.extend(request(ReqType::Write, 5));
+    // Parks and pauses the VM; the reset drops it, and QEMU runs again without a heal.
+    ops.extend(request(ReqType::Write, 3));
+    ops.push(Op::SystemReset);
+    ops.extend(request(ReqType::Write, 6));
+    ops.extend(request(ReqType::Read, 6));
+    let report = run(device(ErrorPolicy::Stop, ErrorPolicy::Stop), &program(ops));
+    let trace = trace(&report);
+    assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    let reset = trace
+        .find("SystemReset")
+        .expect("the trace shows the reset");
+    assert!(!trace.contains("no system reset here"), "{trace}");
+    // Before it, one write completed and one parked; after it, the rings start again and
+    // both new requests complete.
+    assert!(!trace[..reset].contains("used idx [2]"), "{trace}");
+    assert!(trace[reset..].contains("used idx [2]"), "{trace}");
+    assert_eq!(leftovers(), "", "QEMU left behind");
+}
+
+#[test]
 fn every_bug_planted_in_the_configuration_is_found() {
     if !qemu_installed() {
         return;

@@ -72,7 +72,8 @@ regressions! {
     /// Fix: `Op::DeviceReset` abandons the model's requests before the reset.
     fn device_reset_acks_a_pending_drain_stop_in_the_snapshot_target =>
         Snapshot / "regress-device-reset-acks-a-pending-drain-stop-b065ec154b9d0688",
-        "DeviceReset" at 66;
+        // Decoded as a system reset since that op exists: to the reference the same reset.
+        "SystemReset" at 66;
 
     /// Cause: a virtqueue reset of the only queue holding a request, while a host stop
     /// (Drain) waited for it; the model dropped the queue's requests after the reset call.

@@ -400,6 +400,12 @@ pub trait HostControl {
     fn retry(&mut self, env: &mut Env);
     /// Where a host stop stands.
     fn stop_state(&mut self) -> StopState;
+    /// Resets the whole machine the device is in (QEMU's `system_reset`), which resets the
+    /// device as status 0 does and drops what it parked; the VMM then lets the VM run. Says
+    /// whether it did; where it cannot, the harness resets the device with status 0.
+    fn system_reset(&mut self, _env: &mut Env) -> bool {
+        false
+    }
 }
 
 /// Save a stopped device, and restore saved bytes into a fresh one.

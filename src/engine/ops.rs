@@ -34,6 +34,7 @@ impl Run<'_> {
                     | Op::Reap { .. }
                     | Op::QueueReset { .. }
                     | Op::DeviceReset
+                    | Op::SystemReset
                     | Op::DriverStop
                     | Op::DriverResume
             )
@@ -151,21 +152,34 @@ impl Run<'_> {
                 self.event_moved_at[usize::from(q)] = None;
                 self.setup_queue(q, 0)
             }
-            Op::DeviceReset => self.device_reset(),
+            Op::DeviceReset => self.device_reset(false),
+            Op::SystemReset => self.device_reset(true),
             Op::Settle => self.settle(),
             _ => unreachable!("hostile ops are applied above"),
         }
     }
 
-    fn device_reset(&mut self) -> Check {
+    /// A device reset, or with `system` the host's reset of the whole machine: to the
+    /// device the same (docs: README, "system_reset"), except that it also drops what the
+    /// device parked and the VM runs on.
+    fn device_reset(&mut self, system: bool) -> Check {
         self.stops.device_reset();
         // A reset takes effect when the write of 0 returns: what the device completes until
         // then (a vhost-user back-end drains its rings at the GET_VRING_BASE that stops
         // them) is an ordinary completion; what is still open after it is dropped.
         self.dropping = Some(None);
-        let reset = self.call(|d, _| d.write_status(0));
+        let mut whole = false;
+        let reset = self.call(|d, env| {
+            whole = system && d.host().is_some_and(|h| h.system_reset(env));
+            if !whole {
+                d.write_status(0);
+            }
+        });
         self.drop_reset();
         reset?;
+        if system && !whole {
+            self.note(|| "no system reset here: the device is reset with status 0".into());
+        }
         // A reset ends hostility once no disk I/O from it can still land; the model then
         // takes the disk as it is. A device that does its own I/O never shows that.
         if self.hostile

@@ -575,6 +575,37 @@ impl HostControl for QemuDevice {
     fn stop_state(&mut self) -> StopState {
         self.host
     }
+
+    /// QMP `system_reset`: virtio-blk's reset drains, then frees what `werror=stop` parked
+    /// (`virtio_blk_reset`); the PCI function is set up again (its BARs, bus mastering and
+    /// MSI-X are reset too), and a VM the host does not hold stopped runs on (a paused VM
+    /// comes back `prelaunch`).
+    fn system_reset(&mut self, _env: &mut Env) -> bool {
+        let vectors = self.rings.len() as u16;
+        let done = self.qemu(|m| {
+            m.system_reset()?;
+            for v in 0..=vectors {
+                m.set_msix(v, msi_slot(v), MSI_DATA)?;
+            }
+            m.run_state()
+        });
+        let Some(state) = done else {
+            return true;
+        };
+        self.watch_pause();
+        // What QEMU completed before the reset signalled before it.
+        self.collect_events();
+        self.status.set(0);
+        for r in &mut self.rings {
+            *r = Ring::default();
+        }
+        self.driver_features = 0;
+        self.io_paused = false;
+        if self.host == StopState::Running && state != "running" {
+            self.cont();
+        }
+        true
+    }
 }
 
 /// Migration is QEMU's own: `migrate` to a file while the VM is stopped, then a new QEMU

@@ -593,6 +593,16 @@ impl Machine {
             .ok_or_else(|| format!("query-status without a status: {s}"))
     }
 
+    /// Resets the whole machine (QMP `system_reset`) and waits, bounded, for it to happen:
+    /// devices reset, PCI functions lose their BARs, bus mastering and MSI-X, which are set
+    /// up again here as at start. A VM that was not running is left `prelaunch`.
+    pub fn system_reset(&mut self) -> Result<(), String> {
+        self.qmp("system_reset", Value::Null)?;
+        self.qmp.wait_event("RESET", START_TIMEOUT)?;
+        self.pci = pci::setup(&mut self.qtest)?;
+        Ok(())
+    }
+
     /// Stops the VM. QEMU drains in-flight I/O before answering.
     pub fn stop(&mut self) -> Result<(), String> {
         self.qmp("stop", Value::Null).map(drop)

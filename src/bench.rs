@@ -137,6 +137,7 @@ fn hunt(opts: &BenchOptions, target: Target, device: DeviceKind, seed: u64) -> A
             progress: false,
             oracle: opts.oracle,
             stop_on_first: true,
+            without: Vec::new(),
         },
         |_| {},
     );

@@ -58,6 +58,8 @@ pub struct Options {
     pub oracle: OracleLevel,
     /// End at the first finding (for measuring time to detection).
     pub stop_on_first: bool,
+    /// Op kinds left out of every program (to measure a device without, say, migration).
+    pub without: Vec<OpKind>,
 }
 
 /// What an exploration found.
@@ -122,7 +124,13 @@ impl Summary {
 
 /// The input of execution `index`.
 pub fn input(target: Target, seed: u64, index: u64) -> Vec<u8> {
-    let kinds = swarm(target, seed, index / BATCH);
+    input_without(target, seed, index, &[])
+}
+
+/// The input of execution `index`, with no op of the kinds `without`.
+pub fn input_without(target: Target, seed: u64, index: u64, without: &[OpKind]) -> Vec<u8> {
+    let mut kinds = swarm(target, seed, index / BATCH);
+    kinds.retain(|k| !without.contains(k));
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, index));
     let mut program = Vec::with_capacity(7 + 4 * 64);
     program.push(crate::program::FORMAT_VERSION);
@@ -224,7 +232,7 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                     }
                     let batch = (first..end)
                         .map(|index| {
-                            let input = input(opts.target, opts.seed, index);
+                            let input = input_without(opts.target, opts.seed, index, &opts.without);
                             let report =
                                 opts.target.run_on(opts.device, &input, false, opts.oracle);
                             let finding = matches!(report.outcome, Outcome::Finding(_));
@@ -473,6 +481,19 @@ mod tests {
     }
 
     #[test]
+    fn without_leaves_an_op_kind_out_of_every_program() {
+        let migrates = |bytes: Vec<u8>| {
+            crate::program::Program::decode(&bytes)
+                .ops
+                .iter()
+                .any(|o| o.kind() == OpKind::Migrate)
+        };
+        let t = Target::BlkConforming;
+        assert!((0..200).any(|i| migrates(input(t, 3, i))));
+        assert!(!(0..200).any(|i| migrates(input_without(t, 3, i, &[OpKind::Migrate]))));
+    }
+
+    #[test]
     fn swarm_keeps_the_core_and_hostile_ops_only_for_hostile() {
         for batch in 0..20 {
             let kinds = swarm(Target::BlkConforming, 1, batch);
@@ -500,6 +521,7 @@ mod tests {
                 progress: false,
                 oracle: OracleLevel::Full,
                 stop_on_first: false,
+                without: Vec::new(),
             };
             explore(&opts, |_| {})
         };

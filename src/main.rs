@@ -11,7 +11,7 @@ use stopfuzz::dut::{DeviceKind, qemu};
 use stopfuzz::engine::{OracleLevel, Outcome};
 use stopfuzz::explore::{self, Budget, Options};
 use stopfuzz::oracle::skipped::Skip;
-use stopfuzz::program::{FORMAT_VERSION, Program};
+use stopfuzz::program::{FORMAT_VERSION, OpKind, Program};
 use stopfuzz::targets::Target;
 
 /// Which device to run against.
@@ -152,6 +152,10 @@ enum Command {
         /// full, or crash-only (only no-panic, the checks not run; same runs otherwise).
         #[arg(long, value_enum, default_value = "full")]
         oracle: OracleLevel,
+        /// Leave these ops out of every program (comma-separated, e.g. `migrate`), to
+        /// measure a device without them. Submit, publish, kick, poll and complete stay.
+        #[arg(long, value_delimiter = ',', value_parser = OpKind::parse)]
+        without: Vec<OpKind>,
         #[command(flatten)]
         device: DeviceOpts,
     },
@@ -327,6 +331,7 @@ fn dispatch(command: Command) -> ExitCode {
             jobs,
             out,
             oracle,
+            without,
             device,
         } => run(
             target,
@@ -336,6 +341,7 @@ fn dispatch(command: Command) -> ExitCode {
             jobs,
             out,
             oracle,
+            without,
             device_or_exit!(device),
         ),
         Command::Replay {
@@ -440,8 +446,23 @@ fn run(
     jobs: Option<usize>,
     out: PathBuf,
     oracle: OracleLevel,
+    without: Vec<OpKind>,
     device: DeviceKind,
 ) -> ExitCode {
+    let core = [
+        OpKind::Submit,
+        OpKind::Publish,
+        OpKind::Kick,
+        OpKind::Poll,
+        OpKind::Complete,
+    ];
+    if let Some(k) = without.iter().find(|k| core.contains(k)) {
+        eprintln!(
+            "stopfuzz: --without {}: every program keeps submit, publish, kick, poll and complete",
+            k.name()
+        );
+        return ExitCode::from(2);
+    }
     let budget = match (seconds, execs) {
         (_, Some(n)) => Budget::Execs(n),
         (Some(s), None) => Budget::Seconds(s),
@@ -471,6 +492,7 @@ fn run(
         progress: true,
         oracle,
         stop_on_first: false,
+        without,
     };
     let summary = explore::explore(&opts, |s| {
         eprintln!(

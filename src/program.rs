@@ -364,6 +364,29 @@ impl OpKind {
     pub fn is_hostile(self) -> bool {
         self >= OpKind::AvailJump
     }
+
+    /// Its name on the command line: `device-reset` for [`OpKind::DeviceReset`].
+    pub fn name(self) -> String {
+        let mut out = String::new();
+        for (i, c) in format!("{self:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
+    /// The kind a [`name`](Self::name) names.
+    pub fn parse(name: &str) -> Result<OpKind, String> {
+        OpKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = OpKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown op {name:?}; the ops are {}", names.join(", "))
+            })
+    }
 }
 
 impl Op {

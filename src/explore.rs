@@ -205,6 +205,8 @@ struct Done {
     index: u64,
     input: Option<Vec<u8>>,
     report: Report,
+    /// When it finished, from the start of the exploration.
+    finished: Duration,
 }
 
 /// Runs the exploration. `on_progress` is called about once a second with the running
@@ -230,19 +232,28 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                     if first >= end {
                         break;
                     }
-                    let batch = (first..end)
-                        .map(|index| {
-                            let input = input_without(opts.target, opts.seed, index, &opts.without);
-                            let report =
-                                opts.target.run_on(opts.device, &input, false, opts.oracle);
-                            let finding = matches!(report.outcome, Outcome::Finding(_));
-                            Done {
-                                index,
-                                input: finding.then_some(input),
-                                report,
-                            }
-                        })
-                        .collect();
+                    // A stop ends a claim early, and so does a finding when the first one
+                    // ends the exploration: a slow device (QEMU with migrations, a few
+                    // executions a second) would otherwise finish all 64 first. Indices
+                    // after a finding may go unrun; the fold never passes a finding then.
+                    let mut batch = Vec::new();
+                    for index in first..end {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let input = input_without(opts.target, opts.seed, index, &opts.without);
+                        let report = opts.target.run_on(opts.device, &input, false, opts.oracle);
+                        let finding = matches!(report.outcome, Outcome::Finding(_));
+                        batch.push(Done {
+                            index,
+                            input: finding.then_some(input),
+                            report,
+                            finished: start.elapsed(),
+                        });
+                        if finding && opts.stop_on_first {
+                            break;
+                        }
+                    }
                     if tx.send(batch).is_err() {
                         break;
                     }
@@ -259,13 +270,11 @@ pub fn explore(opts: &Options, mut on_progress: impl FnMut(&Summary)) -> Summary
                         pending.insert(done.index, done);
                     }
                     while let Some(done) = pending.remove(&summary.execs) {
+                        let finished = done.finished;
                         fold(&mut summary, &mut digest, done, opts);
                         if summary.first.is_none() && summary.findings > 0 {
-                            summary.first = Some((
-                                summary.execs - 1,
-                                start.elapsed(),
-                                first_invariant(&summary),
-                            ));
+                            summary.first =
+                                Some((summary.execs - 1, finished, first_invariant(&summary)));
                             if opts.stop_on_first {
                                 stop.store(true, Ordering::Relaxed);
                             }

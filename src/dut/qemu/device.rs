@@ -42,6 +42,11 @@ const PAUSE_CHECK: std::time::Duration = std::time::Duration::from_millis(2);
 /// a message is due and missing.
 const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long after a look that took a queue's message for moved used entries a further
+/// message with no movement still belongs to them: QEMU sends one per used update, so the
+/// last of a burst can land just after the look that took the first.
+const TRAILING_MSI: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Largest queue the driver sets up.
 const MAX_QUEUE_SIZE: u16 = 256;
 
@@ -73,6 +78,8 @@ struct Ring {
     /// loaded: `signalled_used_valid` false), so its next used update notifies even where
     /// EVENT_IDX would not.
     signal_unknown: bool,
+    /// When a look last saw used idx move and took a message for it.
+    notified_at: Option<Instant>,
 }
 
 /// QEMU behind the device boundary.
@@ -293,6 +300,17 @@ impl QemuDevice {
                         && r.gave_up != Some((r.kicked, u))
                 });
             if !owed && still.elapsed() >= QUIET {
+                // QEMU may also have taken requests no kick told it of (at a `cont` after
+                // a migration it looks at every ring), and paused on one of them.
+                let available = self
+                    .rings
+                    .iter()
+                    .enumerate()
+                    .any(|(q, r)| r.enabled && self.avail_idx(q) != used[q]);
+                if available && !asked {
+                    let _ = self.qemu(|m| m.run_state());
+                    self.watch_pause();
+                }
                 return;
             }
             // Kicked requests overdue: QEMU may have paused on one (its event comes with
@@ -360,10 +378,14 @@ impl QemuDevice {
                         got = self.take_msi(vector);
                     }
                 }
-                self.events.used[q] += u32::from(got);
-                self.rings[q].seen_used = now;
+                let r = &mut self.rings[q];
+                let trailing =
+                    now == old && r.notified_at.is_some_and(|t| t.elapsed() < TRAILING_MSI);
+                self.events.used[q] += u32::from(got && !trailing);
+                r.seen_used = now;
                 if now != old {
-                    self.rings[q].signal_unknown = false;
+                    r.signal_unknown = false;
+                    r.notified_at = got.then(Instant::now);
                 }
                 if self.used_idx(q) == now {
                     break;

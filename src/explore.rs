@@ -170,21 +170,22 @@ pub fn input_without(target: Target, seed: u64, index: u64, without: &[OpKind]) 
     }
 }
 
-/// The op kinds batch `batch` may use: the ones that make requests happen, plus a random
-/// half of the rest.
+/// The op kinds that make requests happen: in every program.
+pub const CORE: [OpKind; 5] = [
+    OpKind::Submit,
+    OpKind::Publish,
+    OpKind::Kick,
+    OpKind::Poll,
+    OpKind::Complete,
+];
+
+/// The op kinds batch `batch` may use: the [`CORE`], plus a random half of the rest.
 fn swarm(target: Target, seed: u64, batch: u64) -> Vec<OpKind> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed ^ 0x5377_6172_6d00, batch));
-    let core = [
-        OpKind::Submit,
-        OpKind::Publish,
-        OpKind::Kick,
-        OpKind::Poll,
-        OpKind::Complete,
-    ];
     OpKind::ALL
         .into_iter()
         .filter(|k| target == Target::BlkHostile || !k.is_hostile())
-        .filter(|k| core.contains(k) || rng.next_u32() % 2 == 0)
+        .filter(|k| CORE.contains(k) || rng.next_u32() % 2 == 0)
         .collect()
 }
 

@@ -449,14 +449,7 @@ fn run(
     without: Vec<OpKind>,
     device: DeviceKind,
 ) -> ExitCode {
-    let core = [
-        OpKind::Submit,
-        OpKind::Publish,
-        OpKind::Kick,
-        OpKind::Poll,
-        OpKind::Complete,
-    ];
-    if let Some(k) = without.iter().find(|k| core.contains(k)) {
+    if let Some(k) = without.iter().find(|k| explore::CORE.contains(k)) {
         eprintln!(
             "stopfuzz: --without {}: every program keeps submit, publish, kick, poll and complete",
             k.name()

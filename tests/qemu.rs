@@ -83,6 +83,18 @@ fn faulty_io() -> Program {
     program(ops)
 }
 
+/// A good write to sector 5, then a write to sector 3 that fails with EIO: under `stop` it
+/// parks and pauses the VM.
+fn a_write_parks() -> Vec<Op> {
+    let mut ops = vec![Op::Fail {
+        pick: 3,
+        error: IoError::Io,
+    }];
+    ops.extend(request(ReqType::Write, 5));
+    ops.extend(request(ReqType::Write, 3));
+    ops
+}
+
 /// One test at a time: each checks that it left no QEMU behind.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -159,14 +171,9 @@ fn a_parked_write_migrates_and_completes_once_on_the_destination() {
         return;
     }
     let _one = serial();
-    let mut ops = vec![Op::Fail {
-        pick: 3,
-        error: IoError::Io,
-    }];
-    ops.extend(request(ReqType::Write, 5));
-    // Parks: the VM pauses on the error. The destination keeps the fault, so the retry at
-    // its `cont` parks again, until the heal.
-    ops.extend(request(ReqType::Write, 3));
+    // The destination keeps the fault, so the retry at its `cont` parks again, until the
+    // heal.
+    let mut ops = a_write_parks();
     ops.extend([
         Op::Migrate,
         Op::Poll,
@@ -178,6 +185,12 @@ fn a_parked_write_migrates_and_completes_once_on_the_destination() {
     let report = run(device(ErrorPolicy::Stop, ErrorPolicy::Stop), &program(ops));
     let trace = trace(&report);
     assert_eq!(report.outcome, Outcome::Pass, "{trace}");
+    assert!(
+        report
+            .scenarios
+            .has(stopfuzz::engine::Scenarios::MIGRATE_PARKED),
+        "the migration is counted as one with a parked request"
+    );
     let migrated = trace
         .find("migrated:")
         .expect("the trace shows the migration");
@@ -195,13 +208,8 @@ fn a_system_reset_drops_the_parked_write_and_the_vm_runs_on() {
         return;
     }
     let _one = serial();
-    let mut ops = vec![Op::Fail {
-        pick: 3,
-        error: IoError::Io,
-    }];
-    ops.extend(request(ReqType::Write, 5));
-    // Parks and pauses the VM; the reset drops it, and QEMU runs again without a heal.
-    ops.extend(request(ReqType::Write, 3));
+    // The reset drops the parked write, and QEMU runs again without a heal.
+    let mut ops = a_write_parks();
     ops.push(Op::SystemReset);
     ops.extend(request(ReqType::Write, 6));
     ops.extend(request(ReqType::Read, 6));

@@ -50,6 +50,7 @@ impl Run<'_> {
     fn resume_record(&mut self) {
         if self.stops.host.asked != Asked::Running {
             self.model.retry_point(self.step);
+            self.paused_on_error = false;
             if self.caps.resume_forgets_signal {
                 self.signal_forgotten = [true; crate::program::MAX_QUEUES];
             }
@@ -78,6 +79,7 @@ impl Run<'_> {
             return Ok(());
         }
         self.model.retry_point(self.step);
+        self.paused_on_error = false;
         self.call(|d, env| {
             if let Some(h) = d.host() {
                 h.retry(env)
@@ -184,7 +186,7 @@ impl Run<'_> {
                 };
             }
         };
-        if self.model.open_ids().any(|id| self.model.is_parked(id)) {
+        if self.paused_on_error || self.model.open_ids().any(|id| self.model.is_parked(id)) {
             self.scenarios.set(Scenarios::MIGRATE_PARKED);
         }
         match self.restore(&bytes) {

@@ -308,6 +308,9 @@ pub struct Run<'m> {
     last_undue: u32,
     /// A stop stood during a call and all of memory has not been diffed since.
     stop_unscanned: bool,
+    /// The device paused the VM on an I/O error since the last retry point: it holds a
+    /// parked request the model, not seeing the device's I/O, may not know of.
+    paused_on_error: bool,
     /// The device runs from a snapshot the driver did not make: its rings and buffers are
     /// wherever the snapshot says, so only the ring-independent checks apply.
     foreign: bool,

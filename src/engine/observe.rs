@@ -397,6 +397,7 @@ impl Run<'_> {
         }
         // A pause is judged by what was open when the call began: a request that fails
         // while a reset drains it may pause the VM, and the reset then drops it.
+        self.paused_on_error |= events.io_error_pause;
         if events.io_error_pause && self.conforming() {
             self.check(|| conforming::error_pause(&self.model))?;
         }

@@ -176,6 +176,7 @@ impl Run<'_> {
             }
         });
         self.drop_reset();
+        self.paused_on_error = false;
         reset?;
         if system && !whole {
             self.note(|| "no system reset here: the device is reset with status 0".into());

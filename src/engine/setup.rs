@@ -138,6 +138,7 @@ impl<'m> Run<'m> {
             last_events: Events::default(),
             last_undue: 0,
             stop_unscanned: false,
+            paused_on_error: false,
             foreign: false,
             polling: false,
             checks,

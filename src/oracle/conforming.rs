@@ -703,29 +703,17 @@ mod tests {
             next_used,
             inuse,
         };
-        let judge =
-            |st, parkable| stopped_queue(0, st, 4, 6, 16, parkable).map_err(|v| v.invariant);
-        assert_eq!(judge(s(4, 4, 0), 0), Ok(()));
-        assert_eq!(judge(s(5, 4, 1), 1), Ok(()), "one parked request held");
-        assert_eq!(
-            judge(s(5, 4, 1), 0),
-            Err(Invariant::Contract),
-            "held, not parkable"
-        );
-        assert_eq!(
-            judge(s(7, 4, 3), 3),
-            Err(Invariant::AvailWindow),
-            "beyond avail idx 6"
-        );
-        assert_eq!(
-            judge(s(4, 4, u32::MAX), 9),
-            Err(Invariant::InuseBound),
-            "inuse wrapped"
-        );
-        assert_eq!(
-            judge(s(4, 3, 1), 1),
-            Err(Invariant::UsedMonotone),
-            "used idx disagrees"
-        );
+        use Invariant::*;
+        for (state, parkable, want) in [
+            (s(4, 4, 0), 0, Ok(())),
+            (s(5, 4, 1), 1, Ok(())),           // one parked request held
+            (s(5, 4, 1), 0, Err(Contract)),    // held, and no fault parks it
+            (s(7, 4, 3), 3, Err(AvailWindow)), // fetched beyond avail idx 6
+            (s(4, 4, u32::MAX), 9, Err(InuseBound)), // inuse wrapped
+            (s(4, 3, 1), 1, Err(UsedMonotone)), // used idx not the ring's
+        ] {
+            let got = stopped_queue(0, state, 4, 6, 16, parkable).map_err(|v| v.invariant);
+            assert_eq!(got, want, "{state:?}, {parkable} parkable");
+        }
     }
 }

@@ -14,19 +14,8 @@ use crate::virtio::*;
 
 impl Run<'_> {
     pub(super) fn apply(&mut self, op: &Op) -> Check {
-        if op.kind().is_hostile() {
-            if self.mode == super::Mode::Conforming {
-                self.note(|| "skipped: hostile op in the conforming target".into());
-                return Ok(());
-            }
-            self.hostile = true;
-            return self.apply_hostile(op);
-        }
-        // The guest's vCPUs are stopped with the VM: a realistic driver does nothing.
-        if self.caps.stop_freezes_guest
-            && self.stops.host.asked != Asked::Running
-            && self.conforming()
-            && matches!(
+        let guest_op = op.kind().is_hostile()
+            || matches!(
                 op,
                 Op::Submit { .. }
                     | Op::Publish { .. }
@@ -37,8 +26,26 @@ impl Run<'_> {
                     | Op::SystemReset
                     | Op::DriverStop
                     | Op::DriverResume
-            )
-        {
+            );
+        // The guest's vCPUs are stopped with the VM: a realistic driver does nothing, and
+        // the hostile one says what no guest could do.
+        let frozen =
+            guest_op && self.caps.stop_freezes_guest && self.stops.host.asked != Asked::Running;
+        let skipped = frozen && self.conforming() && !op.kind().is_hostile();
+        if frozen && !skipped {
+            self.note(|| {
+                "the VM is paused: no guest could do this, the hostile driver does".into()
+            });
+        }
+        if op.kind().is_hostile() {
+            if self.mode == super::Mode::Conforming {
+                self.note(|| "skipped: hostile op in the conforming target".into());
+                return Ok(());
+            }
+            self.hostile = true;
+            return self.apply_hostile(op);
+        }
+        if skipped {
             self.note(|| "skipped: the guest is paused with the VM".into());
             return Ok(());
         }

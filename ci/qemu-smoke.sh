@@ -5,7 +5,7 @@
 # werror/rerror set to POLICY and the model expecting it. Installs qemu-system-x86 10.0.2
 # first if it is missing (ci/install-qemu.sh, which keeps the image's qemu-utils 10.0.2).
 # QEMU's known deviations (docs/findings/qemu-*.md) are steered around or let pass by
-# default (`dut::Known`), so any finding fails, as do the errors ci/judge-findings.sh lists.
+# default (`dut::Known`), so any finding fails, as do the errors ci/smoke-run.sh lists.
 # Output is under target/qemu-smoke/<policy>/, replaced on each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,16 +21,7 @@ bash ci/install-qemu.sh
 VERSION=$(qemu-system-x86_64 --version | head -1)
 echo "qemu: $VERSION"
 cargo build --release -j"${CARGO_BUILD_JOBS:-1}" --quiet
-rm -rf "$OUT"
-mkdir -p "$OUT"
-
-set +e
-target/release/stopfuzz run --device qemu --qemu-policy "$POLICY" --seconds "$SECONDS_RUN" \
-    --jobs 1 --seed 1 --out "$OUT/findings" >"$OUT/stdout" 2>"$OUT/stderr" &
-run=$!
-wait "$run"
-code=$?
-set -e
-# This run's QEMUs only: their scratch directories carry its pid.
-source ci/judge-findings.sh
-judge "qemu-smoke $POLICY ($VERSION)" "$code" "$OUT" "$QEMU_KNOWN" "QEMU" "stopfuzz-qemu-$run-" warn
+source ci/smoke-run.sh
+smoke_run "$OUT" "$SECONDS_RUN" --device qemu --qemu-policy "$POLICY"
+judge "qemu-smoke $POLICY ($VERSION)" "$RUN_CODE" "$OUT" "$QEMU_KNOWN" "QEMU" \
+    "stopfuzz-qemu-$RUN_PID-" warn

@@ -51,16 +51,8 @@ serve)
     ;;
 esac
 echo "back-end: $VERSION"
-rm -rf "$OUT"
-mkdir -p "$OUT"
 
-set +e
-target/release/stopfuzz run --device vhost-user "${args[@]}" --seconds "$SECONDS_RUN" \
-    --jobs 1 --seed 1 --out "$OUT/findings" >"$OUT/stdout" 2>"$OUT/stderr" &
-run=$!
-wait "$run"
-code=$?
-set -e
-# This run's back-ends only: their scratch directories carry its pid.
-source ci/judge-findings.sh
-judge "vhost-user-smoke $BACKEND ($VERSION)" "$code" "$OUT" "$KNOWN" "the back-end" "stopfuzz-vu-$run-"
+source ci/smoke-run.sh
+smoke_run "$OUT" "$SECONDS_RUN" --device vhost-user "${args[@]}"
+judge "vhost-user-smoke $BACKEND ($VERSION)" "$RUN_CODE" "$OUT" "$KNOWN" "the back-end" \
+    "stopfuzz-vu-$RUN_PID-"

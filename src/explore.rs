@@ -426,19 +426,24 @@ pub fn reproductions(
         .count() as u32
 }
 
+/// `s` as one shell word.
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// The command-line arguments that select `device` (empty for the reference).
 pub fn device_args(device: DeviceKind) -> String {
     match device {
         DeviceKind::Reference => String::new(),
         DeviceKind::Reduced(hidden) => format!(" --device reduced --hide {}", hidden.names()),
         DeviceKind::VhostUser(t) => format!(
-            " --device vhost-user --backend '{}' --backend-policy {}{}{}{}",
-            t.text.replace('\'', "'\\''"),
+            " --device vhost-user --backend {} --backend-policy {}{}{}{}",
+            quoted(&t.text),
             t.policy_text(),
             if t.id == vhost_user::template::QSD_ID {
                 String::new()
             } else {
-                format!(" --backend-id '{}'", t.id.replace('\'', "'\\''"))
+                format!(" --backend-id {}", quoted(&t.id))
             },
             if t.reuse { " --reuse-backend" } else { "" },
             if t.known == Default::default() && t.text == vhost_user::template::QSD {
@@ -448,13 +453,12 @@ pub fn device_args(device: DeviceKind) -> String {
             }
         ),
         DeviceKind::Qemu(q) => {
-            let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
             let mut args = " --device qemu".to_string();
             if q.binary != crate::dut::qemu::QEMU {
-                args += &format!(" --qemu {}", quote(&q.binary));
+                args += &format!(" --qemu {}", quoted(&q.binary));
             }
             for a in &q.extra {
-                args += &format!(" --qemu-arg {}", quote(a));
+                args += &format!(" --qemu-arg {}", quoted(a));
             }
             args += &format!(
                 " --qemu-policy {}",

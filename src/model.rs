@@ -271,13 +271,8 @@ impl Model {
     /// For a device that does its own disk I/O, seen only when the request completes: its
     /// I/O ran, and failed where an injected fault covers it.
     pub fn external_io_done(&mut self, id: ReqId) {
-        let result = self.fault_for(id).map_or(Ok(()), Err);
+        let result = self.fault_in(id, &self.faults).map_or(Ok(()), Err);
         self.attempt_ended(id, result);
-    }
-
-    /// The error an injected fault gives request `id`'s I/O, if one covers it.
-    fn fault_for(&self, id: ReqId) -> Option<IoError> {
-        self.fault_in(id, &self.faults)
     }
 
     /// The error one of `faults` gives request `id`'s I/O, if one covers it.
@@ -299,26 +294,24 @@ impl Model {
     /// device whose stop drains may still hold at a stop.
     pub fn parkable(&self, q: u16, faults: &[Fault]) -> usize {
         self.open_ids()
-            .filter(|&id| {
-                let r = &self.requests[id];
-                r.q == q
-                    && r.state == ReqState::Published
-                    && self
-                        .fault_in(id, faults)
-                        .is_some_and(|e| self.policy_for(r.kind).reaction(e) == Reaction::Park)
-            })
+            .filter(|&id| self.requests[id].q == q && self.parks_on(id, faults))
             .count()
+    }
+
+    /// Whether request `id` is open and published, and one of `faults` fails it with an
+    /// error its policy parks on.
+    fn parks_on(&self, id: ReqId, faults: &[Fault]) -> bool {
+        let r = &self.requests[id];
+        r.state == ReqState::Published
+            && self
+                .fault_in(id, faults)
+                .is_some_and(|e| self.policy_for(r.kind).reaction(e) == Reaction::Park)
     }
 
     /// Whether some open request's I/O fails, by an injected fault, with an error the
     /// policy parks on: what entitles a device to pause the VM on an I/O error.
     pub fn may_park(&self) -> bool {
-        self.open_ids().any(|id| {
-            self.requests[id].state == ReqState::Published
-                && self.fault_for(id).is_some_and(|e| {
-                    self.policy_for(self.requests[id].kind).reaction(e) == Reaction::Park
-                })
-        })
+        self.open_ids().any(|id| self.parks_on(id, &self.faults))
     }
 
     fn attempt_ended(&mut self, id: ReqId, result: Result<(), IoError>) {

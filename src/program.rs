@@ -365,6 +365,23 @@ impl OpKind {
         self >= OpKind::AvailJump
     }
 
+    /// Whether the guest's driver does it (not the host, the disk or the harness): what
+    /// a guest whose vCPUs are stopped cannot do.
+    pub fn is_guest(self) -> bool {
+        self.is_hostile()
+            || matches!(
+                self,
+                OpKind::Submit
+                    | OpKind::Publish
+                    | OpKind::Kick
+                    | OpKind::Reap
+                    | OpKind::QueueReset
+                    | OpKind::DeviceReset
+                    | OpKind::DriverStop
+                    | OpKind::DriverResume
+            )
+    }
+
     /// Its name on the command line: `device-reset` for [`OpKind::DeviceReset`].
     pub fn name(self) -> String {
         let mut out = String::new();

@@ -2,6 +2,9 @@
 //! qemu-system-x86_64 is not installed): runs that must pass under each error policy, and
 //! the bugs planted in its configuration, each found under the invariant it breaks.
 
+mod leftovers;
+use leftovers::leftovers;
+
 use stopfuzz::backend::IoError;
 use stopfuzz::contract::ErrorPolicy;
 use stopfuzz::dut::DeviceKind;
@@ -108,17 +111,6 @@ fn run(device: DeviceKind, program: &Program) -> Report {
     report
 }
 
-/// QEMUs of this test binary (their command lines name its scratch directories).
-fn leftovers() -> String {
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let pattern = format!("stopfuzz-qemu-{}-", std::process::id());
-    let out = std::process::Command::new("pgrep")
-        .args(["-a", "-f", &pattern])
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
 fn trace(report: &Report) -> String {
     report
         .trace
@@ -147,7 +139,7 @@ fn faulty_io_passes_under_every_policy_qemu_really_has() {
             trace(&report)
         );
     }
-    assert_eq!(leftovers(), "", "QEMU left behind");
+    assert_eq!(leftovers("qemu"), "", "QEMU left behind");
 }
 
 #[test]
@@ -199,7 +191,7 @@ fn a_parked_write_migrates_and_completes_once_on_the_destination() {
     // The parked write completes only after the heal, on the destination.
     assert!(!trace[..heal].contains("used idx [2]"), "{trace}");
     assert!(trace[heal..].contains("used idx [2]"), "{trace}");
-    assert_eq!(leftovers(), "", "QEMU left behind");
+    assert_eq!(leftovers("qemu"), "", "QEMU left behind");
 }
 
 #[test]
@@ -224,7 +216,7 @@ fn a_system_reset_drops_the_parked_write_and_the_vm_runs_on() {
     // both new requests complete.
     assert!(!trace[..reset].contains("used idx [2]"), "{trace}");
     assert!(trace[reset..].contains("used idx [2]"), "{trace}");
-    assert_eq!(leftovers(), "", "QEMU left behind");
+    assert_eq!(leftovers("qemu"), "", "QEMU left behind");
 }
 
 #[test]
@@ -272,7 +264,7 @@ fn every_bug_planted_in_the_configuration_is_found() {
             planted.name
         );
     }
-    assert_eq!(leftovers(), "", "QEMU left behind");
+    assert_eq!(leftovers("qemu"), "", "QEMU left behind");
 }
 
 #[test]
@@ -343,5 +335,5 @@ fn known_qemu_deviations_pass_by_default_and_are_found_when_strict() {
             }
         }
     }
-    assert_eq!(leftovers(), "", "QEMU left behind");
+    assert_eq!(leftovers("qemu"), "", "QEMU left behind");
 }

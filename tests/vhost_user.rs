@@ -1,6 +1,9 @@
 //! The vhost-user front-end against real back-end processes: qemu-storage-daemon (skipped,
 //! with a message, where it is not installed) and stand-ins that misbehave on purpose.
 
+mod leftovers;
+use leftovers::leftovers;
+
 use stopfuzz::backend::IoError;
 use stopfuzz::dut::DeviceKind;
 use stopfuzz::dut::vhost_user::{self, Template};
@@ -85,18 +88,6 @@ fn run(device: DeviceKind, program: &Program) -> stopfuzz::engine::Report {
     let report = Target::BlkConforming.run_on(device, &program.encode(), true, OracleLevel::Full);
     vhost_user::shutdown();
     report
-}
-
-/// Processes of this test binary's back-ends, children or not (their command lines name
-/// the scratch directory).
-fn leftovers() -> String {
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let pattern = format!("stopfuzz-vu-{}-", std::process::id());
-    let out = std::process::Command::new("pgrep")
-        .args(["-a", "-f", &pattern])
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// Asserts the run passed, showing its trace if not, and returns the trace.
@@ -271,7 +262,7 @@ fn a_back_end_that_dies_is_a_no_panic_finding_with_its_stderr() {
     };
     finds_no_panic(run(device(t), &program), "vu_panic: planted");
     assert!(children().is_empty(), "no back-end left: {:?}", children());
-    assert_eq!(leftovers(), "", "no back-end left");
+    assert_eq!(leftovers("vu"), "", "no back-end left");
 }
 
 /// `stopfuzz serve` as the back-end: the reference, which a run must find nothing against.

@@ -14,25 +14,13 @@ use crate::virtio::*;
 
 impl Run<'_> {
     pub(super) fn apply(&mut self, op: &Op) -> Check {
-        let guest_op = op.kind().is_hostile()
-            || matches!(
-                op,
-                Op::Submit { .. }
-                    | Op::Publish { .. }
-                    | Op::Kick { .. }
-                    | Op::Reap { .. }
-                    | Op::QueueReset { .. }
-                    | Op::DeviceReset
-                    | Op::SystemReset
-                    | Op::DriverStop
-                    | Op::DriverResume
-            );
         // The guest's vCPUs are stopped with the VM: a realistic driver does nothing, and
         // the hostile one says what no guest could do.
-        let frozen =
-            guest_op && self.caps.stop_freezes_guest && self.stops.host.asked != Asked::Running;
+        let frozen = op.kind().is_guest()
+            && self.caps.stop_freezes_guest
+            && self.stops.host.asked != Asked::Running;
         let skipped = frozen && self.conforming() && !op.kind().is_hostile();
-        if frozen && !skipped {
+        if frozen && !skipped && self.mode == super::Mode::Hostile {
             self.note(|| {
                 "the VM is paused: no guest could do this, the hostile driver does".into()
             });

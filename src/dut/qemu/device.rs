@@ -6,7 +6,9 @@
 //! - resume is `cont`; a kick the program makes while the VM is paused is held until then,
 //!   because a guest cannot kick while its vCPUs are stopped (the hostile driver kicks at
 //!   once, which QEMU processes);
-//! - device reset is status 0, queue reset `queue_reset`;
+//! - device reset is status 0, queue reset `queue_reset`, the host's `system_reset` QMP's;
+//! - migration is QEMU's own, to a file and into a new QEMU (the [`Migration`] impl);
+//! - at host stops, `x-query-virtio-queue-status` gives QEMU's count of each queue;
 //! - notifications are MSI-X messages aimed at guest RAM ([`DEVICE_PAGE`]): vector 0 for
 //!   configuration changes, `1 + q` for queue `q`. A message overwrites the last one, so
 //!   several between two looks count as one.
@@ -47,6 +49,9 @@ const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// last of a burst can land just after the look that took the first.
 const TRAILING_MSI: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Where a migration's stream passes, in the site's scratch directory; removed once read.
+const MIGRATION_FILE: &str = "migration";
+
 /// Largest queue the driver sets up.
 const MAX_QUEUE_SIZE: u16 = 256;
 
@@ -56,6 +61,11 @@ const MSI_DATA: u32 = 0x5f5f_0001;
 /// Where MSI-X vector `v`'s messages land.
 pub fn msi_slot(v: u16) -> u64 {
     DEVICE_PAGE.start + 4 * u64::from(v)
+}
+
+/// Aims MSI-X vectors 0 (configuration) to `queues` (one per queue) at their slots.
+fn aim_msix(m: &mut Machine, queues: u16) -> Result<(), String> {
+    (0..=queues).try_for_each(|v| m.set_msix(v, msi_slot(v), MSI_DATA))
 }
 
 /// One virtqueue as the driver set it up.
@@ -107,8 +117,6 @@ pub struct QemuDevice {
     exposed: Exposed,
     /// This QEMU was saved by a migration, or loaded one: not kept for another run.
     migrated: bool,
-    /// Migrations saved so far on this site: names each one's file.
-    saves: u32,
 }
 
 impl QemuDevice {
@@ -126,9 +134,7 @@ impl QemuDevice {
         let queue_max_size = machine.queue_max_size(0)?.min(MAX_QUEUE_SIZE);
         let config = machine.config_read(0, 8)?;
         let capacity = u64::from_le_bytes(config[..8].try_into().map_err(|_| "short config")?);
-        for v in 0..=num_queues {
-            machine.set_msix(v, msi_slot(v), MSI_DATA)?;
-        }
+        aim_msix(&mut machine, num_queues)?;
         if machine.run_state()? != "running" {
             machine.cont()?;
         }
@@ -166,7 +172,6 @@ impl QemuDevice {
             desc,
             exposed,
             migrated: false,
-            saves: 0,
         };
         // Nothing of an earlier run may still signal.
         for v in 0..=num_queues {
@@ -394,6 +399,18 @@ impl QemuDevice {
         }
     }
 
+    /// After a device reset (the run state asked, so that its events came): what QEMU
+    /// completed and any pause before the reset, or in its drain, are taken; the rings and
+    /// the negotiation start again.
+    fn after_reset(&mut self) {
+        self.watch_pause();
+        self.collect_events();
+        for r in &mut self.rings {
+            *r = Ring::default();
+        }
+        self.driver_features = 0;
+    }
+
     /// Hands kicks held while paused to QEMU.
     fn deliver_held_kicks(&mut self) {
         for q in 0..self.rings.len() {
@@ -455,12 +472,7 @@ impl Device for QemuDevice {
             // What QEMU completed before the reset signalled before it: counted, not lost.
             // So is a pause on an I/O error, before the reset or in its drain.
             let _ = self.qemu(|m| m.run_state());
-            self.watch_pause();
-            self.collect_events();
-            for r in &mut self.rings {
-                *r = Ring::default();
-            }
-            self.driver_features = 0;
+            self.after_reset();
         } else if value & S_FEATURES_OK != 0 {
             let _ = self.qemu(|m| m.set_config_vector(0));
         }
@@ -496,10 +508,8 @@ impl Device for QemuDevice {
         if i < self.rings.len() && self.qemu(|m| m.reset_queue(q)).is_some() {
             let _ = self.qemu(|m| m.run_state());
             self.watch_pause();
-            // The ring starts again at index 0.
-            let r = &mut self.rings[i];
-            (r.enabled, r.held_kick, r.kicked, r.seen_used) = (false, false, 0, 0);
-            r.gave_up = None;
+            // The ring starts again at index 0, set up anew.
+            self.rings[i] = Ring::default();
         }
     }
 
@@ -603,25 +613,17 @@ impl HostControl for QemuDevice {
     /// MSI-X are reset too), and a VM the host does not hold stopped runs on (a paused VM
     /// comes back `prelaunch`).
     fn system_reset(&mut self, _env: &mut Env) -> bool {
-        let vectors = self.rings.len() as u16;
+        let queues = self.rings.len() as u16;
         let done = self.qemu(|m| {
             m.system_reset()?;
-            for v in 0..=vectors {
-                m.set_msix(v, msi_slot(v), MSI_DATA)?;
-            }
+            aim_msix(m, queues)?;
             m.run_state()
         });
         let Some(state) = done else {
             return true;
         };
-        self.watch_pause();
-        // What QEMU completed before the reset signalled before it.
-        self.collect_events();
         self.status.set(0);
-        for r in &mut self.rings {
-            *r = Ring::default();
-        }
-        self.driver_features = 0;
+        self.after_reset();
         self.io_paused = false;
         if self.host == StopState::Running && state != "running" {
             self.cont();
@@ -642,8 +644,7 @@ impl Migration for QemuDevice {
                 "QEMU migrates only a stopped VM here".into(),
             ));
         }
-        self.saves += 1;
-        let file = self.site.file(&format!("migration-{}", self.saves));
+        let file = self.site.file(MIGRATION_FILE);
         // A failed migration fails the device: QEMU's finding, with its stderr.
         self.qemu(|m| m.migrate_to(&file))
             .ok_or_else(|| DeviceError::Refused("QEMU's migration failed".into()))?;
@@ -659,8 +660,7 @@ impl Migration for QemuDevice {
         bytes: &[u8],
         _env: &mut Env,
     ) -> Result<Box<dyn Device>, DeviceError> {
-        self.saves += 1;
-        let file = self.site.file(&format!("migration-{}", self.saves));
+        let file = self.site.file(MIGRATION_FILE);
         std::fs::write(&file, bytes)
             .map_err(|e| DeviceError::Build(format!("cannot write {}: {e}", file.display())))?;
         let mut cfg = super::config(self.qemu, &self.site, self.exposed, self.share);
@@ -697,7 +697,6 @@ impl Migration for QemuDevice {
             desc: self.desc.clone(),
             exposed: self.exposed,
             migrated: true,
-            saves: self.saves,
         }))
     }
 }

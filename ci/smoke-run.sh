@@ -1,5 +1,10 @@
 # Sourced by the smoke scripts that fuzz a device in other processes (ci/vhost-user-smoke.sh,
-# ci/qemu-smoke.sh): judges one `stopfuzz run` and exits with its verdict.
+# ci/qemu-smoke.sh): runs one `stopfuzz run`, then judges it and exits with its verdict.
+#
+#   smoke_run OUT SECONDS ARGS...
+#
+# runs `stopfuzz run ARGS... --seconds SECONDS --jobs 1 --seed 1` into OUT (replaced), and
+# sets RUN_PID (whose scratch directories name this run's processes) and RUN_CODE.
 #
 #   judge LABEL CODE OUT KNOWN PANIC_MARK LEFTOVER_PATTERN [UNREPRODUCED]
 #
@@ -8,6 +13,20 @@
 # report does not name PANIC_MARK, the device's side), a finding of an invariant not in
 # KNOWN (with UNREPRODUCED=warn, one that reproduced 0 times is only a warning: a third-party
 # device's timing), or a process matching LEFTOVER_PATTERN still alive.
+smoke_run() {
+    local out=$1 seconds=$2
+    shift 2
+    rm -rf "$out"
+    mkdir -p "$out"
+    set +e
+    target/release/stopfuzz run "$@" --seconds "$seconds" --jobs 1 --seed 1 \
+        --out "$out/findings" >"$out/stdout" 2>"$out/stderr" &
+    RUN_PID=$!
+    wait "$RUN_PID"
+    RUN_CODE=$?
+    set -e
+}
+
 judge() {
     local label=$1 code=$2 out=$3 known=$4 panic_mark=$5 leftover=$6 unreproduced=${7:-fail}
     local fail=() report invariant left=""
